@@ -1,0 +1,149 @@
+"""Truncation policies, drops, the data report, num_proc, and the tokenized-data cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fakes import CharTokenizer, ids, official_sample
+
+import finetune.dataset as dataset_module
+from finetune.conversation import Conversation, DataError, Message
+from finetune.dataset import Truncation, build_dataset, fit_sample, format_sample, trainable_tokens
+from finetune.templates import prefix_sampler
+
+X = -100
+
+
+def conv(*turns):
+    return Conversation(tuple(Message(r, c) for r, c in turns))
+
+
+def fit(c, max_length, policy=Truncation.TURNS):
+    sampler = prefix_sampler(c, CharTokenizer(), "baichuan2")
+    return fit_sample(sampler, [m.role for m in c.messages], max_length, policy)
+
+
+# [195 a b 196 c d e 195 f 196 g h 2] — 13 tokens
+C = conv(("user", "ab"), ("assistant", "cde"), ("user", "f"), ("assistant", "gh"))
+
+
+def test_sample_that_fits_is_untouched():
+    input_ids, labels, truncated = fit(C, 13)
+    assert (input_ids, labels, truncated) == (*official_sample(CharTokenizer(), _record(C)), False)
+
+
+def test_turns_policy_keeps_whole_turns_and_the_eos_after_the_last_kept_reply():
+    input_ids, labels, truncated = fit(C, 12)
+    assert truncated
+    assert input_ids == [195, *ids("ab"), 196, *ids("cde"), 2]
+    assert labels == [2, X, X, X, *ids("cde"), 2]
+
+
+def test_turns_policy_cuts_the_first_reply_only_when_it_does_not_fit_and_gives_it_no_eos():
+    input_ids, labels, truncated = fit(C, 6)
+    assert truncated
+    assert input_ids == [195, *ids("ab"), 196, *ids("cd")]
+    assert labels == [2, X, X, X, *ids("cd")]
+
+
+def test_official_policy_is_the_head_cut():
+    for n in (3, 6, 9, 12):
+        assert fit(C, n, Truncation.OFFICIAL)[:2] == official_sample(CharTokenizer(), _record(C), n)
+
+
+def test_trainable_tokens_ignores_position_zero():
+    assert trainable_tokens([2, X, X]) == 0
+    assert trainable_tokens([2, X, 7, 2]) == 2
+
+
+def _record(c):
+    return {
+        "conversations": [
+            {"from": "human" if m.role == "user" else "gpt", "value": m.content} for m in c.messages
+        ]
+    }
+
+
+def write_records(path: Path, records) -> str:
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def official(*turns, id):
+    return {"id": id, "conversations": [{"from": f, "value": v} for f, v in turns]}
+
+
+def test_build_dataset_drops_untrainable_samples_and_reports(tmp_path):
+    records = [
+        official(("human", "hi"), ("gpt", "hello"), id="a"),
+        official(("human", "x" * 100_000), ("gpt", "ok"), id="long-prompt"),
+        official(("human", "q"), ("gpt", "r" * 50), ("human", "q2"), ("gpt", "r2"), id="cut"),
+        official(("human", "q"), ("robot", "r"), id="bad-role"),
+    ]
+    path = write_records(tmp_path / "d.json", records)
+    ds, report = build_dataset(
+        CharTokenizer(), path, template="baichuan2", model_max_length=32, skip_invalid=True, cache_dir=None
+    )
+    assert ds["id"] == ["a", "cut"]
+    assert ds[0]["input_ids"] == [195, *ids("hi"), 196, *ids("hello"), 2]
+    assert report["records_read"] == 4
+    assert report["samples_kept"] == 2
+    assert report["dropped"] == {"no trainable token within model_max_length": 1, "unknown role": 1}
+    assert report["truncated"] == 1
+    assert report["tokens"] == sum(ds["length"]) == sum(len(x) for x in ds["input_ids"])
+    assert report["trainable_tokens"] == sum(trainable_tokens(x) for x in ds["labels"])
+    assert report["length"]["max"] == 32
+    assert report["cache"] == "off"
+    with pytest.raises(DataError, match=r"d\.json, record 3: message 1: unknown role 'robot'"):
+        build_dataset(CharTokenizer(), path, template="baichuan2", model_max_length=32, cache_dir=None)
+
+
+def test_second_run_hits_the_cache_and_does_no_tokenizing(tmp_path, monkeypatch):
+    path = write_records(
+        tmp_path / "d.json", [official(("human", "hi"), ("gpt", "yo"), id=str(i)) for i in range(5)]
+    )
+    kwargs = dict(template="baichuan2", model_max_length=64, cache_dir=tmp_path / "cache")
+    first, report = build_dataset(CharTokenizer(), path, **kwargs)
+    assert report["cache"] == "miss"
+
+    def no_tokenizing(*args, **kw):
+        raise AssertionError("tokenized on a cache hit")
+
+    monkeypatch.setattr(dataset_module, "_tokenize_batch", no_tokenizing)
+    second, report2 = build_dataset(CharTokenizer(), path, **kwargs)
+    assert report2["cache"] == "hit"
+    assert second.to_dict() == first.to_dict()
+    assert {k: v for k, v in report2.items() if k != "cache"} == {
+        k: v for k, v in report.items() if k != "cache"
+    }
+    # Any input of the key changing is a miss: here the max length, then the file itself.
+    with pytest.raises(AssertionError, match="tokenized on a cache hit"):
+        build_dataset(CharTokenizer(), path, **{**kwargs, "model_max_length": 63})
+    Path(path).write_text(Path(path).read_text(encoding="utf-8") + " ", encoding="utf-8")
+    with pytest.raises(AssertionError, match="tokenized on a cache hit"):
+        build_dataset(CharTokenizer(), path, **kwargs)
+
+
+def test_num_proc_gives_the_same_dataset(tmp_path):
+    records = [
+        official(
+            ("human", f"问题{i}"), ("gpt", "答" * (i % 40)), ("human", "再说"), ("gpt", f"好{i}"), id=str(i)
+        )
+        for i in range(600)
+    ]
+    path = write_records(tmp_path / "d.json", records)
+    one, _ = build_dataset(CharTokenizer(), path, template="baichuan2", model_max_length=30, cache_dir=None)
+    two, _ = build_dataset(
+        CharTokenizer(), path, template="baichuan2", model_max_length=30, cache_dir=None, num_proc=2
+    )
+    assert one.to_dict() == two.to_dict()
+    assert one["id"] == [str(i) for i in range(600)]
+
+
+def test_format_sample_shows_masked_spans():
+    tokenizer = CharTokenizer()
+    text = format_sample(tokenizer, [195, *ids("hi"), 196, *ids("yo"), 2], [2, X, X, X, *ids("yo"), 2])
+    assert text.splitlines() == [
+        "input_ids (7 tokens): <reserved_106>hi<reserved_107>yo</s>",
+        "labels (3 trainable): </s>⟦-100 ×3⟧yo</s>",
+    ]
