@@ -127,5 +127,15 @@ class BaichuanTokenizer(SentencePieceBackend):
             json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8"
         )
         map_path = Path(save_directory) / f"{prefix}{SPECIAL_TOKENS_MAP_FILE}"
-        map_path.write_text(json.dumps(self.special_tokens_map, indent=2, sort_keys=True) + "\n", "utf-8")
+        # Official layout (AddedToken dicts): transformers <= 4.33 re-applies this file after init and strips the
+        # whitespace around plain-string special tokens, which would change the ids of text containing " <s> ".
+        token_map = {
+            name: value if isinstance(value, list) else _added_token_dict(str(value))
+            for name, value in self.special_tokens_map.items()
+        }
+        map_path.write_text(json.dumps(token_map, indent=2, sort_keys=True) + "\n", "utf-8")
         return (*files, str(map_path))
+
+
+def _added_token_dict(content: str) -> dict:
+    return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
