@@ -29,6 +29,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from ...constants import IGNORE_INDEX
 from .configuration_baichuan import BaichuanConfig
+from .linear_cross_entropy import linear_cross_entropy_sum
 
 ROPE_THETA = 10000.0
 ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2")
@@ -323,9 +324,13 @@ class NormHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size))
         self.weight_is_normalized = False
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; or, in training with `labels` [n] for hidden_states [n, h], the summed cross entropy computed
+        chunk-wise without materialising the logits (inside forward, so ZeRO-3 has gathered the weight)."""
         if self.training:
             self.weight_is_normalized = False
+            if labels is not None:
+                return linear_cross_entropy_sum(hidden_states, F.normalize(self.weight), labels)
             return F.linear(hidden_states, F.normalize(self.weight))
         if not self.weight_is_normalized:
             with torch.no_grad():
@@ -569,8 +574,11 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             shift_labels = labels[:, 1:].to(hidden_states.device)
             if self.training and not z_loss_weight and self.config.supervised_logits_only:
                 trained = shift_labels != IGNORE_INDEX
-                sparse_logits = self.lm_head(hidden_states[:, :-1][trained])
-                loss = causal_lm_loss(sparse_logits, shift_labels[trained], num_items_in_batch, 0.0)
+                ce_sum = self.lm_head(hidden_states[:, :-1][trained], labels=shift_labels[trained])
+                denominator = (
+                    num_items_in_batch if num_items_in_batch is not None else trained.sum().clamp(min=1)
+                )
+                loss = ce_sum / denominator
             else:
                 if not isinstance(logits_to_keep, int) or logits_to_keep:
                     raise ValueError("Baichuan2: logits_to_keep cannot be combined with labels")

@@ -1,0 +1,87 @@
+"""Summed cross entropy of `hidden @ weight.T` against labels, computed in chunks of positions.
+
+The vocabulary is 125,696 wide: the naive path holds the logits, their fp32 copy, the softmax and its gradient
+for every trained position at once (about 2 GB per 1,000 positions). Here each chunk's logits are built,
+reduced to the loss, turned into the gradients of `hidden` and `weight`, and dropped, so memory is one chunk and
+each logit is read from cache rather than from main memory a handful of times. The loss and gradients are those
+of `F.cross_entropy(hidden @ weight.T, labels, reduction="sum")` with the logits upcast to fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Bytes of fp32 logits per chunk: on a CPU, the weight-gradient update per chunk costs a pass over [V, h], so
+# chunks of ~128 rows; on a GPU, large enough for full-speed matmuls while far below the whole [n, V].
+CHUNK_BYTES = {"cpu": 64 * 2**20}
+DEFAULT_CHUNK_BYTES = 1 * 2**30
+
+
+def chunk_positions(vocab_size: int, device: torch.device) -> int:
+    budget = CHUNK_BYTES.get(device.type, DEFAULT_CHUNK_BYTES)
+    return max(1, budget // (4 * vocab_size))
+
+
+class _LinearCrossEntropySum(torch.autograd.Function):
+    """Gradients are computed during the forward pass, chunk by chunk, and only scaled in backward: the loss is
+    the last node of the graph, so its incoming gradient is a scalar."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # Accumulated in the weight's dtype: this buffer becomes the weight gradient, so it costs no extra memory.
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk]
+            y = labels[start : start + chunk]
+            logits = (h @ weight.T).float()
+            # One exp pass serves both the loss and the softmax (logsumexp would exponentiate a second time).
+            shifted = logits.sub_(logits.amax(dim=-1, keepdim=True))
+            target = shifted.gather(1, y[:, None]).squeeze(1)
+            probs = shifted.exp_()
+            sums = probs.sum(dim=-1)
+            total += (sums.log() - target).sum()
+            if need_hidden or need_weight:
+                probs.div_(sums[:, None])
+                probs[torch.arange(len(y), device=y.device), y] -= 1.0
+                grad_logits = probs.to(hidden.dtype)
+                if need_hidden:
+                    grad_hidden[start : start + chunk] = grad_logits @ weight
+                if need_weight:
+                    grad_weight.addmm_(grad_logits.T, h)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output.to(torch.float32)
+        return (
+            (grad_hidden * scale).to(grad_hidden.dtype) if grad_hidden is not None else None,
+            (grad_weight * scale).to(grad_weight.dtype) if grad_weight is not None else None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """sum_i CE(hidden[i] @ weight.T, labels[i]) in fp32, for hidden [n, h], weight [V, h], labels [n] (no
+    ignored labels: select the trained positions first)."""
+    chunk = chunk or chunk_positions(weight.shape[0], hidden.device)
+    if not torch.is_grad_enabled():
+        with torch.no_grad():
+            return _LinearCrossEntropySum.forward(_NoGrad(), hidden, weight, labels, chunk)
+    return _LinearCrossEntropySum.apply(hidden, weight, labels, chunk)
+
+
+class _NoGrad:
+    """Stand-in autograd context for a loss-only pass (evaluation under no_grad): no gradients computed."""
+
+    needs_input_grad = (False, False, False, False)
+
+    def save_for_backward(self, *tensors) -> None:
+        pass

@@ -1,0 +1,60 @@
+"""The chunked head + cross entropy equals the naive `F.cross_entropy(h @ W.T)` in loss and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.models.baichuan.linear_cross_entropy import chunk_positions, linear_cross_entropy_sum
+
+
+def naive(hidden, weight, labels):
+    return F.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_loss_and_gradients_equal_naive_path(chunk, weight_grad):
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=weight_grad)
+    labels = torch.randint(0, 50, (7,))
+
+    expected = naive(hidden, weight, labels)
+    (expected * 0.5).backward()
+    expected_grads = (hidden.grad.clone(), weight.grad.clone() if weight_grad else None)
+    hidden.grad = weight.grad = None
+
+    got = linear_cross_entropy_sum(hidden, weight, labels, chunk)
+    (got * 0.5).backward()  # a non-unit incoming gradient, as with the division by num_items_in_batch
+    torch.testing.assert_close(got, expected.float())
+    torch.testing.assert_close(hidden.grad, expected_grads[0], atol=1e-6, rtol=1e-5)
+    if weight_grad:
+        torch.testing.assert_close(weight.grad, expected_grads[1], atol=1e-6, rtol=1e-5)
+    else:
+        assert weight.grad is None
+
+
+def test_gradient_flows_through_a_normalised_weight():
+    torch.manual_seed(1)
+    raw = torch.randn(40, 8, requires_grad=True)
+    hidden = torch.randn(5, 8)
+    labels = torch.randint(0, 40, (5,))
+    naive(hidden, F.normalize(raw), labels).backward()
+    expected = raw.grad.clone()
+    raw.grad = None
+    linear_cross_entropy_sum(hidden, F.normalize(raw), labels, 2).backward()
+    torch.testing.assert_close(raw.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_no_grad_gives_the_loss_only():
+    hidden, weight = torch.randn(4, 8), torch.randn(30, 8)
+    labels = torch.tensor([1, 2, 3, 29])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            linear_cross_entropy_sum(hidden, weight, labels, 3), naive(hidden, weight, labels)
+        )
+
+
+def test_cpu_chunks_stay_bounded_for_the_real_vocabulary():
+    rows = chunk_positions(125696, torch.device("cpu"))
+    assert 1 <= rows and rows * 125696 * 4 <= 64 * 2**20
