@@ -1,0 +1,319 @@
+"""Chat with a base, full fine-tuned or LoRA adapter directory: an interactive loop, or one reply with --prompt.
+
+    python -m finetune.chat --model output/lora [--system TEXT] [--greedy] [--max_new_tokens N]
+    python -m finetune.chat --model output/full --prompt "你好" --greedy
+
+Prompts are built as the official chat prompt builder builds them (`templates.build_chat_prompt`): for
+Baichuan2, the system text, then ``[195] user`` / ``[196] assistant`` with no eos between turns and a trailing
+196, whole old rounds dropped and the rest cut from the left to ``model_max_length - max_new_tokens``. Other
+models use their tokenizer's chat template. Generation settings are the checkpoint's generation_config.json
+over the official chat defaults (temperature 0.3, top_k 5, top_p 0.85, repetition_penalty 1.05,
+max_new_tokens 2048, sampling); ``--greedy`` decodes by argmax with no repetition penalty.
+
+In the loop: ``clear`` forgets the conversation (the system text stays), ``exit`` (or Ctrl-D) quits, and
+Ctrl-C while a reply streams stops that reply and keeps what was said so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import transformers
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from finetune.conversation import DataError
+from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
+from finetune.templates import build_chat_prompt, resolve_template
+
+# BAICHUAN2_SPEC.md §5: the generation_config.json of the official Chat checkpoints.
+OFFICIAL_CHAT_DEFAULTS: dict[str, Any] = {
+    "do_sample": True,
+    "temperature": 0.3,
+    "top_k": 5,
+    "top_p": 0.85,
+    "repetition_penalty": 1.05,
+    "max_new_tokens": 2048,
+}
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p")
+DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+GENERATION_CONFIG = "generation_config.json"
+
+
+class Reply(NamedTuple):
+    text: str
+    interrupted: bool  # Ctrl-C stopped it: text is what was generated until then
+
+
+# ---------------------------------------------------------------- settings
+
+
+def checkpoint_generation_values(path: str | Path) -> dict[str, Any]:
+    """The values of the checkpoint's own generation_config.json (an adapter's, else its base's); {} if none."""
+    candidates = [Path(path)]
+    if is_adapter_dir(path):
+        candidates.append(Path(adapter_base(path)))
+    for directory in candidates:
+        if (directory / GENERATION_CONFIG).is_file():
+            values = json.loads((directory / GENERATION_CONFIG).read_text(encoding="utf-8"))
+            values.pop("transformers_version", None)
+            return values
+    return {}
+
+
+def generation_settings(
+    checkpoint_values: Mapping[str, Any],
+    tokenizer: Any,
+    greedy: bool = False,
+    max_new_tokens: int | None = None,
+) -> GenerationConfig:
+    """The checkpoint's values over the official chat defaults, then the command-line overrides.
+
+    The official defaults fill what the file leaves out, so a base checkpoint whose file holds only token ids
+    still replies with up to 2048 tokens rather than transformers' 20. ``greedy``: argmax decoding, no
+    repetition penalty, so a reply can be checked token for token against its training target.
+    """
+    values = {**OFFICIAL_CHAT_DEFAULTS, **checkpoint_values}
+    if values.get("eos_token_id") is None:
+        values["eos_token_id"] = tokenizer.eos_token_id
+    if values.get("pad_token_id") is None:
+        values["pad_token_id"] = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+    if greedy:
+        values = {k: v for k, v in values.items() if k not in SAMPLING_ONLY}
+        values |= {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
+    if max_new_tokens is not None:
+        values["max_new_tokens"] = max_new_tokens
+    return GenerationConfig(**values)
+
+
+def context_length(config: Any, tokenizer: Any) -> int:
+    """Tokens the model takes: Baichuan2's model_max_length (4096), else max_position_embeddings, else the
+    tokenizer's limit when it states a real one."""
+    for name in ("model_max_length", "max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        return tokenizer.model_max_length
+    raise ValueError(
+        f"{type(config).__name__}: no context length (model_max_length or max_position_embeddings)"
+    )
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation once the event is set (Ctrl-C in the thread that reads the stream)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+# ---------------------------------------------------------------- the chat model
+
+
+@dataclass
+class Chat:
+    """A model, its tokenizer and the settings that turn a conversation into its next reply."""
+
+    model: Any
+    tokenizer: Any
+    template: str
+    generation_config: GenerationConfig
+    context_length: int
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: str = "auto",
+        device: str | None = None,
+        template: str | None = None,
+        greedy: bool = False,
+        max_new_tokens: int | None = None,
+    ) -> Chat:
+        """Load a base, full fine-tuned or adapter directory. ``dtype``: auto (the checkpoint's), bf16, fp16,
+        fp32; ``device``: cuda, npu, cpu… (default: the accelerator when there is one)."""
+        from finetune.devices import device_type
+
+        path = str(path)
+        model = load_model_for_inference(path, dtype=DTYPES[dtype], device=device or device_type())
+        tokenizer = load_tokenizer(path)
+        config = generation_settings(checkpoint_generation_values(path), tokenizer, greedy, max_new_tokens)
+        # generate() fills what a passed config leaves unset from the model's own; make them one and the same
+        # (on the transformers model itself when peft wraps it).
+        getattr(model, "get_base_model", lambda: model)().generation_config = config
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            template=resolve_template(template, tokenizer, getattr(model.config, "model_type", None)),
+            generation_config=config,
+            context_length=context_length(model.config, tokenizer),
+        )
+
+    def max_input_tokens(self) -> int:
+        """``model_max_length - max_new_tokens`` as the official builder; a budget that leaves no room for a
+        prompt (a small model asked for 2048 new tokens) keeps half the context for it instead."""
+        budget = self.context_length - self.generation_config.max_new_tokens
+        return budget if budget > 0 else self.context_length // 2
+
+    def prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        return build_chat_prompt(self.tokenizer, messages, self.template, self.max_input_tokens())
+
+    def reply(
+        self, messages: Sequence[Mapping[str, str]], on_text: Callable[[str], Any] | None = None
+    ) -> Reply:
+        """The next assistant reply to ``messages`` (``{"role", "content"}``, a system message only first).
+
+        ``on_text`` receives the reply piece by piece while it is generated. A KeyboardInterrupt meanwhile
+        stops generation and returns what was generated so far, marked interrupted. The text is the new
+        tokens decoded without special tokens, up to (not including) eos.
+        """
+        prompt = self.prompt_ids(messages)
+        config = copy.deepcopy(self.generation_config)
+        config.max_new_tokens = min(config.max_new_tokens, self.context_length - len(prompt))
+        input_ids = torch.tensor([prompt], dtype=torch.long, device=self.model.device)
+        stop = threading.Event()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        outcome: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                outcome["ids"] = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    streamer=streamer,
+                )
+            except BaseException as e:  # re-raised in the caller's thread below
+                outcome["error"] = e
+                streamer.end()
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        interrupted = False
+        try:
+            for piece in streamer:
+                if on_text is not None and piece:
+                    on_text(piece)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        new_tokens = outcome["ids"][0, len(prompt) :].tolist()
+        return Reply(self.tokenizer.decode(new_tokens, skip_special_tokens=True), interrupted)
+
+
+# ---------------------------------------------------------------- interactive loop
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def conversation_loop(
+    chat: Chat,
+    system: str | None = None,
+    read: Callable[[str], str] = input,
+    write: Callable[[str], Any] = _write,
+) -> list[dict[str, str]]:
+    """Read user turns until ``exit`` or end of input, streaming each reply; returns the final history."""
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    write("Commands: clear (forget the conversation), exit. Ctrl-C stops a reply.\n")
+    while True:
+        try:
+            line = read("\nUser: ")
+        except EOFError:
+            write("\n")
+            break
+        except KeyboardInterrupt:
+            write("\n(type exit to quit)\n")
+            continue
+        text = line.strip()
+        if text in ("exit", "quit"):
+            break
+        if text == "clear":
+            messages = list(start)
+            write("(conversation cleared)\n")
+            continue
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        write("\nAssistant: ")
+        reply = chat.reply(messages, on_text=write)
+        write(" [stopped]\n" if reply.interrupted else "\n")
+        messages.append({"role": "assistant", "content": reply.text})
+    return messages
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m finetune.chat", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="base, full fine-tuned or LoRA adapter directory")
+    parser.add_argument("--prompt", help="answer this one user message and exit")
+    parser.add_argument("--system", help="system text placed before the conversation")
+    parser.add_argument("--greedy", action="store_true", help="argmax decoding, no repetition penalty")
+    parser.add_argument(
+        "--max_new_tokens", type=int, help="longest reply in tokens (default: generation_config's)"
+    )
+    parser.add_argument(
+        "--template", help="baichuan2 or chat_template (default: baichuan2 for Baichuan models)"
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="default: the checkpoint's")
+    parser.add_argument(
+        "--device", help="cuda, npu, cpu, cuda:1… (default: the accelerator when there is one)"
+    )
+    args = parser.parse_args(argv)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error("--max_new_tokens must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()  # the weight-loading bar would interleave with the chat
+    if not Path(args.model).is_dir():
+        print(f"error: {args.model}: not a directory", file=sys.stderr)
+        return 1
+    try:
+        chat = Chat.from_pretrained(
+            args.model,
+            dtype=args.dtype,
+            device=args.device,
+            template=args.template,
+            greedy=args.greedy,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except (DataError, OSError, ValueError) as e:
+        print(f"error: {args.model}: {e}", file=sys.stderr)
+        return 1
+    if args.prompt is None:
+        conversation_loop(chat, args.system)
+        return 0
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    reply = chat.reply(messages, on_text=_write)
+    _write(" [stopped]\n" if reply.interrupted else "\n")
+    return 130 if reply.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Loss and perplexity of a model on a held-out data file, over exactly the tokens training supervises.
+
+    python -m finetune.evaluate --model output/lora --data_path data/held_out.json \\
+        [--model_max_length 512] [--output eval.json]
+
+The file is read and tokenized as training reads it (same formats, template, truncation policy and labels),
+so the numbers compare with the training loss. ``loss`` is the token mean of the cross-entropy over every
+supervised token of the whole file (not a mean of per-batch or per-sample means): the sum of the
+per-token losses divided by their count. ``perplexity`` is ``exp(loss)``. The model may be a base, full
+fine-tuned or LoRA adapter directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from finetune.collator import DataCollatorForSFT
+from finetune.constants import IGNORE_INDEX
+from finetune.conversation import DataError
+from finetune.dataset import build_dataset
+from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
+
+DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def model_type_of(path: str) -> str | None:
+    """The model_type in the config of a model directory, or of an adapter's base."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(adapter_base(path) if is_adapter_dir(path) else path).model_type
+
+
+def length_sorted_batches(
+    samples: Sequence[dict[str, Any]], batch_size: int, collator: DataCollatorForSFT
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded batches of similar lengths, longest first (an out-of-memory error then comes at once).
+    The loss is a sum over tokens, so the order does not change it."""
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        yield collator([samples[i] for i in order[start : start + batch_size]])
+
+
+def supervised_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Sum of the per-token cross-entropies (in fp32) where the shifted label is supervised, and their count."""
+    shift_labels = labels[:, 1:]
+    trained = shift_labels != IGNORE_INDEX
+    picked = logits[:, :-1][trained].float()
+    total = F.cross_entropy(picked, shift_labels[trained], reduction="sum")
+    return total.item(), int(trained.sum())
+
+
+@torch.inference_mode()
+def evaluate_loss(model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float | int]:
+    """Token-mean loss and perplexity over all batches."""
+    loss_sum, tokens = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch_sum, batch_tokens = supervised_loss_sum(logits, batch["labels"])
+        loss_sum += batch_sum
+        tokens += batch_tokens
+    if not tokens:
+        raise ValueError("no supervised tokens to evaluate")
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+
+
+def evaluate(
+    model_path: str,
+    data_path: Sequence[str],
+    model_max_length: int = 512,
+    batch_size: int = 4,
+    template: str | None = None,
+    truncation: str = "turns",
+    data_format: str = "auto",
+    skip_invalid: bool = False,
+    dtype: str = "auto",
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model_path`` on ``data_path``; returns the metrics with the settings that produced them."""
+    from finetune.devices import device_type
+
+    tokenizer = load_tokenizer(model_path, model_max_length=model_max_length)
+    # The data first: a bad record stops the run before any weights are read.
+    dataset, report = build_dataset(
+        tokenizer,
+        list(data_path),
+        template=template,
+        model_max_length=model_max_length,
+        truncation=truncation,
+        skip_invalid=skip_invalid,
+        fmt=data_format,
+        cache_dir=None,  # a held-out file is small next to the forward passes over it
+        model_type=model_type_of(model_path),
+    )
+    model = load_model_for_inference(model_path, dtype=DTYPES[dtype], device=device or device_type())
+    samples = dataset.select_columns(["input_ids", "labels"]).to_list()
+    collator = DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id)
+    metrics = evaluate_loss(model, length_sorted_batches(samples, batch_size, collator))
+    return {
+        "model": model_path,
+        "data_path": list(data_path),
+        **metrics,
+        "samples": len(samples),
+        "records_read": report["records_read"],
+        "dropped": report["dropped"],
+        "truncated": report["truncated"],
+        "template": report["template"],
+        "model_max_length": model_max_length,
+        "truncation": truncation,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="base, full fine-tuned or LoRA adapter directory")
+    parser.add_argument("--data_path", required=True, nargs="+", help="held-out files (json, jsonl, parquet)")
+    parser.add_argument("--model_max_length", type=int, default=512, help="as in training (default 512)")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument(
+        "--template", help="baichuan2 or chat_template (default: baichuan2 for Baichuan models)"
+    )
+    parser.add_argument("--truncation", choices=["turns", "official"], default="turns", help="as in training")
+    parser.add_argument("--data_format", default="auto", help="auto, sharegpt, openai or alpaca")
+    parser.add_argument(
+        "--skip_invalid", action="store_true", help="drop malformed records instead of stopping"
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="default: the checkpoint's")
+    parser.add_argument("--device", help="cuda, npu, cpu… (default: the accelerator when there is one)")
+    parser.add_argument("--output", help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    if args.model_max_length < 2 or args.batch_size < 1:
+        parser.error("--model_max_length must be at least 2 and --batch_size at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()
+    if not Path(args.model).is_dir():
+        print(f"error: {args.model}: not a directory", file=sys.stderr)
+        return 1
+    try:
+        result = evaluate(
+            args.model,
+            args.data_path,
+            model_max_length=args.model_max_length,
+            batch_size=args.batch_size,
+            template=args.template,
+            truncation=args.truncation,
+            data_format=args.data_format,
+            skip_invalid=args.skip_invalid,
+            dtype=args.dtype,
+            device=args.device,
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2  # bad data, as finetune.sft and finetune.preprocess
+    except (OSError, ValueError) as e:
+        print(f"error: {args.model}: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"eval loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  over {result['tokens']} supervised "
+        f"tokens in {result['samples']} samples ({result['records_read']} records read)"
+    )
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(
+            json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Model and tokenizer loading for training and inference: dtype, attention backend, 4-bit (QLoRA), LoRA.
+
+A path may be a base model directory, a full fine-tuned output (same layout as the base) or a LoRA adapter
+directory (adapter_config.json naming its base). `import finetune` has registered the native Baichuan2
+classes, so official Baichuan2 directories load without `trust_remote_code`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from .args import ConfigError, LoraArguments, ModelArguments, TrainingArguments
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model an adapter directory was trained on."""
+    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return config["base_model_name_or_path"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """An existing local directory as an absolute path (so an adapter's recorded base reloads from any working
+    directory); anything else (a hub id) unchanged."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else name_or_path
+
+
+def load_tokenizer(
+    path: str,
+    model_max_length: int | None = None,
+    cache_dir: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """The slow SentencePiece tokenizer for Baichuan2 (as the official recipe), the fast one elsewhere.
+    An adapter directory without tokenizer files falls back to its base's. A tokenizer without a pad token gets
+    the unk (Baichuan's own pad) or eos token: labels mask padding anyway."""
+    if is_adapter_dir(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        path = adapter_base(path)
+    kwargs = {"cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
+    if model_max_length is not None:
+        kwargs["model_max_length"] = model_max_length
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_dtype(training_args: TrainingArguments, frozen_base: bool) -> torch.dtype:
+    """Weights load in the training precision when DeepSpeed keeps them in it (it casts the module anyway, so
+    fp32 would only double the peak) or when they stay frozen (LoRA); full training without DeepSpeed keeps
+    fp32 master weights under autocast."""
+    if training_args.deepspeed or frozen_base:
+        return compute_dtype(training_args)
+    return torch.float32
+
+
+def quantization_config(training_args: TrainingArguments) -> BitsAndBytesConfig:
+    """QLoRA: NF4 weights with double quantization, matmuls in the training precision."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(training_args),
+    )
+
+
+def load_model_for_training(
+    model_args: ModelArguments, lora_args: LoraArguments, training_args: TrainingArguments
+) -> PreTrainedModel:
+    """The base model as training needs it: precision, attention backend, 4-bit for QLoRA, no KV cache.
+    Under ZeRO-3 transformers builds it inside `deepspeed.zero.Init`, already partitioned."""
+    frozen_base = training_args.use_lora or lora_args.q_lora
+    kwargs = {
+        "dtype": load_dtype(training_args, frozen_base),
+        "attn_implementation": model_args.attn_implementation,
+        "cache_dir": training_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    if lora_args.q_lora:
+        kwargs["quantization_config"] = quantization_config(training_args)
+        # bitsandbytes quantizes while placing the weights: straight onto this rank's device.
+        kwargs["device_map"] = {"": training_args.device}
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def supports_packing(model: torch.nn.Module) -> bool:
+    """Whether packed rows train correctly: the model must keep samples apart where position_ids restart.
+    The native Baichuan2 does on every attention backend; other transformers models with flash_attention_2."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    native = type(base).__module__.startswith("finetune.models.")
+    return native or getattr(base.config, "_attn_implementation", None) == "flash_attention_2"
+
+
+def lora_config(lora_args: LoraArguments):
+    from peft import LoraConfig, TaskType
+
+    targets = lora_args.lora_target_modules
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        # peft takes "all-linear" only as a plain string (every linear layer except the output head).
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        modules_to_save=lora_args.lora_modules_to_save,
+        use_dora=lora_args.use_dora,
+        use_rslora=lora_args.use_rslora,
+    )
+
+
+def add_lora(model: PreTrainedModel, lora_args: LoraArguments, training_args: TrainingArguments):
+    """Wrap the model with a trainable LoRA adapter (the official one by default: W_pack, r=1, alpha 32)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if lora_args.q_lora:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(training_args.gradient_checkpointing),
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+    elif training_args.gradient_checkpointing:
+        # Checkpointed blocks of a frozen base see no input that requires grad; without this the adapter gets none.
+        model.enable_input_require_grads()
+    try:
+        return get_peft_model(model, lora_config(lora_args))
+    except ValueError as e:
+        if "Target modules" not in str(e):
+            raise
+        linear = sorted(
+            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise ConfigError(
+            f"--lora_target_modules {' '.join(lora_args.lora_target_modules)}: not in this model; "
+            f"its linear layers are {', '.join(linear)} (or use all-linear)"
+        ) from None
+
+
+def load_model_for_inference(
+    path: str,
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A base, full fine-tuned or LoRA adapter directory, ready for generation (eval mode, KV cache on)."""
+    kwargs = {
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
+    if is_adapter_dir(path):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if device is not None:
+        model.to(device)
+    model.config.use_cache = True
+    return model.eval()
+
+
+def local_model_dir(name_or_path: str, cache_dir: str | None = None) -> Path | None:
+    """The directory holding a model's files: the path itself, or the hub cache's snapshot of an id."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # not cached (or not a hub id): nothing to copy from
+        return None
+
+
+TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt")
+# Config keys training changes that a drop-in replacement must have as the base had them.
+BASE_CONFIG_KEYS = ("auto_map", "use_cache")
+
+
+def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
+    """Make a full fine-tuned output a drop-in replacement for its base: the base's remote-code files (*.py),
+    tokenizer files and generation_config.json as they were (training never changes them), and the config
+    keys training touched (auto_map, use_cache) back to the base's values, with `torch_dtype` beside
+    transformers 5's `dtype` for older readers (the official code, vLLM, FastChat)."""
+    output_dir, base_dir = Path(output_dir), Path(base_dir)
+    patterns = ("*.py", *TOKENIZER_FILES, "generation_config.json")
+    for source in sorted({p for pattern in patterns for p in base_dir.glob(pattern) if p.is_file()}):
+        shutil.copy2(source, output_dir / source.name)
+    base_config, out_config = base_dir / "config.json", output_dir / "config.json"
+    if base_config.is_file() and out_config.is_file():
+        base = json.loads(base_config.read_text(encoding="utf-8"))
+        saved = json.loads(out_config.read_text(encoding="utf-8"))
+        saved.update({key: base[key] for key in BASE_CONFIG_KEYS if key in base})
+        if "dtype" in saved:
+            saved.setdefault("torch_dtype", saved["dtype"])
+        out_config.write_text(
+            json.dumps(saved, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )

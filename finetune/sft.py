@@ -1,0 +1,186 @@
+"""Supervised fine-tuning of Baichuan2 (or any causal LM) with the official Baichuan2 command line.
+
+    deepspeed finetune/sft.py --config recipes/baichuan2_7b/lora.yaml [--any_flag value ...]
+    torchrun --nproc_per_node 8 finetune/sft.py ...
+    python finetune/sft.py ...
+
+parse → tokenizer → model (+LoRA) → data → Trainer → train (resume) → save
+"""
+
+# ruff: noqa: E402  (the sys.path fix below must run before the package imports)
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a file: put the repository root first, not finetune/, whose module names (trainer, evaluate, ...)
+    # would shadow installed packages.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import logging
+
+import transformers
+
+import finetune  # noqa: F401  (registers the native Baichuan2 classes)
+from finetune.args import ConfigError, parse_args, wants_lora
+from finetune.callbacks import LossCurveCallback
+from finetune.collator import DataCollatorForSFT, pack_dataset
+from finetune.conversation import DataError
+from finetune.dataset import build_dataset, format_report, format_sample, write_report
+from finetune.devices import current_peak_flops, import_torch_npu
+from finetune.loading import (
+    add_lora,
+    load_model_for_training,
+    load_tokenizer,
+    resolve_model_path,
+    supports_packing,
+)
+from finetune.trainer import SFTTrainer, count_parameters, training_flops_per_token
+
+logger = logging.getLogger("finetune.sft")
+
+DATA_REPORT = "data_report.json"
+
+
+def setup_logging(training_args) -> None:
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def build_data(data_args, training_args, tokenizer, model):
+    """Tokenized (and packed) train/eval sets, the collator, and the data report. Rank 0 tokenizes first;
+    the other ranks then read its cache."""
+    settings = {
+        "template": data_args.template,
+        "model_max_length": training_args.model_max_length,
+        "truncation": data_args.truncation,
+        "masking": data_args.mask,
+        "skip_invalid": data_args.skip_invalid,
+        "fmt": data_args.data_format,
+        "num_proc": data_args.preprocessing_num_workers,
+        "model_type": model.config.model_type,
+    }
+    with training_args.main_process_first(desc="tokenizing"):
+        train, report = build_dataset(tokenizer, data_args.data_path, **settings)
+        evals = (
+            build_dataset(tokenizer, data_args.eval_data_path, **settings)[0]
+            if data_args.eval_data_path
+            else None
+        )
+    if data_args.val_size:
+        size = int(data_args.val_size) if data_args.val_size >= 1 else data_args.val_size
+        split = train.train_test_split(test_size=size, seed=training_args.seed)
+        train, evals = split["train"], split["test"]
+    packing = data_args.packing if data_args.packing is not None else supports_packing(model)
+    if packing:
+        train, stats = pack_dataset(train, training_args.model_max_length)
+        report["packing_efficiency"] = stats["packing_efficiency"]
+        evals = pack_dataset(evals, training_args.model_max_length)[0] if evals is not None else None
+    elif training_args.train_sampling_strategy == "random":
+        # Padding: batches of similar lengths waste the least compute.
+        training_args.train_sampling_strategy = "group_by_length"
+    # The collator ignores the extra columns, and group_by_length reads "length".
+    training_args.remove_unused_columns = False
+    report["packing"] = packing
+    return train, evals, DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id), report
+
+
+def announce(training_args, model, train, report, tokenizer) -> None:
+    """What a human should check before the first step: derived batch numbers, trainable share, data, and one
+    decoded sample with its masked spans."""
+    if not training_args.should_log:
+        return
+    total, trainable = count_parameters(model)
+    logger.info(
+        "global batch %d rows = %d per device x %d accumulation x %d ranks; at most %d tokens per step",
+        training_args.global_batch_size(),
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+        training_args.world_size,
+        training_args.max_tokens_per_step(),
+    )
+    logger.info(
+        "trainable parameters %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
+    logger.info(
+        "data (%s rows%s):\n%s", len(train), ", packed" if report["packing"] else "", format_report(report)
+    )
+    first = train[0]
+    sample = (first["input_ids"], first["labels"])
+    if report["packing"]:
+        # Show the first sample of the row, not the whole row.
+        end = next((i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"]))
+        sample = (first["input_ids"][:end], first["labels"][:end])
+    logger.info("sample:\n%s", format_sample(tokenizer, *sample))
+
+
+def resume_target(training_args) -> str | bool | None:
+    """--resume_from_checkpoint PATH, or True for the newest checkpoint in output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None or value.lower() in ("", "false", "none"):
+        return None
+    return True if value.lower() == "true" else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    import_torch_npu()  # when installed: registers torch.npu and DeepSpeed's NPU accelerator before devices are set up
+    try:
+        model_args, data_args, lora_args, training_args = parse_args(argv)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(training_args)
+    transformers.set_seed(training_args.seed)  # the LoRA init too, so that runs (and ranks) agree
+    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+
+    tokenizer = load_tokenizer(
+        model_args.model_name_or_path,
+        model_max_length=training_args.model_max_length,
+        cache_dir=training_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    model = load_model_for_training(model_args, lora_args, training_args)
+    if wants_lora(training_args, lora_args):
+        try:
+            model = add_lora(model, lora_args, training_args)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    try:
+        train, evals, collator, report = build_data(data_args, training_args, tokenizer, model)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if training_args.should_save:
+        write_report(report, Path(training_args.output_dir) / DATA_REPORT)
+    announce(training_args, model, train, report, tokenizer)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evals,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[LossCurveCallback()],
+        base_model_dir=model_args.model_name_or_path,
+        flops_per_token=training_flops_per_token(model),
+        peak_flops=current_peak_flops(),
+    )
+    trainer.train(resume_from_checkpoint=resume_target(training_args))
+    trainer.save_state()
+    trainer.save_model()
+    logger.info(
+        "saved %s to %s",
+        "adapter" if wants_lora(training_args, lora_args) else "model",
+        training_args.output_dir,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

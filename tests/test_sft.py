@@ -1,0 +1,301 @@
+"""finetune/sft.py end to end, through the real launcher: `deepspeed --num_gpus 2` on two CPU ranks (gloo),
+a few steps on tiny 7B (RoPE) and 13B (ALiBi) checkpoints.
+
+Each test is one property: a ZeRO-3 full run is a drop-in replacement for its base; the loss is the token
+mean of the global batch whatever the split into micro-batches, accumulation steps and ranks; LoRA (ZeRO-2
+and ZeRO-3) and QLoRA adapters reload, trained, with the base untouched; a run killed with SIGKILL right
+after a checkpoint resumes to the same weights; bad data stops before training with one line.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.devices import cpu_launch_env
+from finetune.tiny import write_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEPSPEED = Path(sys.executable).with_name("deepspeed")
+SAMPLES = 16  # records of data/sample_chat.json; at 128 tokens each makes one packed row
+RUN_TIMEOUT_S = 300
+
+# A few steps at a learning rate that moves a tiny model visibly; packed rows of 128 tokens.
+COMMON = (
+    "--model_max_length 128 --logging_steps 1 --report_to none --learning_rate 1e-3 "
+    "--disable_tqdm True --save_strategy no --seed 0"
+).split()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("sft")
+
+
+@pytest.fixture(scope="session")
+def tiny7b(workdir):
+    return write_tiny_checkpoint(workdir / "tiny-7b", arch="7b", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny13b(workdir):
+    path = write_tiny_checkpoint(workdir / "tiny-13b", arch="13b", seed=0, fmt="sharded")
+    # An official download carries its remote code; a full fine-tune must carry it along.
+    (path / "modeling_baichuan.py").write_text("# stand-in for the official remote code\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_data(workdir):
+    records = json.loads((ROOT / "data" / "sample_chat.json").read_text(encoding="utf-8"))[:SAMPLES]
+    path = workdir / "chat.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_env() -> dict[str, str]:
+    env = {**os.environ, **cpu_launch_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def sft_command(*args, ranks: int = 2) -> list[str]:
+    launcher = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())]
+    return [*launcher, "finetune/sft.py", *COMMON, *map(str, args)]
+
+
+def run_sft(*args, ranks: int = 2) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        sft_command(*args, ranks=ranks),
+        cwd=ROOT,
+        env=launcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return result
+
+
+def logged_losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [row["loss"] for row in state["log_history"] if "loss" in row]
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def base_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in path.glob("pytorch_model*.bin"):
+        tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+    return tensors
+
+
+def assert_trained_adapter(output_dir: Path, base_dir: Path, targets: set[str]) -> None:
+    """The adapter holds only LoRA tensors, for exactly the target modules of every layer, none empty, and
+    training moved it: lora_B starts at zero. It reloads onto the untouched base and changes its outputs."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    import finetune  # noqa: F401
+
+    adapter = load_file(output_dir / "adapter_model.safetensors")
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapter} == targets
+    assert all(t.numel() > 0 for t in adapter.values())
+    assert all(t.abs().max() > 0 for k, t in adapter.items() if ".lora_B." in k)
+
+    model = AutoPeftModelForCausalLM.from_pretrained(output_dir, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    reloaded_base = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in model.state_dict().items()
+    }
+    assert all(torch.equal(reloaded_base[k], v) for k, v in base.state_dict().items())
+    ids = torch.tensor([[195, 300, 301, 302, 196, 400, 401]])
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+@pytest.mark.distributed
+def test_zero3_full_is_a_drop_in_replacement_and_accumulation_invariant(tiny13b, chat_data, workdir):
+    """ZeRO-3 full fine-tuning, run as micro-batch 4 x accumulation 1 and as 1 x 4 on two ranks: each step
+    sees the same 8 rows, split differently over ranks and micro-batches, so only an exact global token
+    mean (num_items_in_batch counted over accumulation and ranks) gives the same losses and weights."""
+    runs = {}
+    for micro, accumulation in ((4, 1), (1, 4)):
+        out = workdir / f"full-z3-{micro}x{accumulation}"
+        run_sft(
+            "--model_name_or_path", tiny13b, "--data_path", chat_data, "--output_dir", out,
+            "--deepspeed", "ds_configs/zero3.json", "--max_steps", 3,
+            "--per_device_train_batch_size", micro, "--gradient_accumulation_steps", accumulation,
+        )  # fmt: skip
+        runs[micro, accumulation] = out
+    a, b = runs[4, 1], runs[1, 4]
+    assert logged_losses(a) == pytest.approx(logged_losses(b), rel=1e-5)
+    assert len(logged_losses(a)) == 3
+    weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.allclose(weights_a[k], weights_b[k], atol=1e-4) for k in weights_a)
+
+    # The output is the base's layout: same tensor names and shapes, nothing empty, everything trained.
+    base = base_state_dict(tiny13b)
+    assert sorted(weights_a) == sorted(base)
+    assert all(weights_a[k].shape == v.shape and weights_a[k].numel() for k, v in base.items())
+    assert all(not torch.equal(weights_a[k], v) for k, v in base.items())
+    config, base_config = (json.loads((d / "config.json").read_text()) for d in (a, tiny13b))
+    assert config["auto_map"] == base_config["auto_map"] and config["use_cache"] is True
+    base_files = digest(tiny13b)
+    for name in (
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ):
+        assert digest(a)[name] == base_files[name], name
+    assert (a / "modeling_baichuan.py").read_text() == (tiny13b / "modeling_baichuan.py").read_text()
+    assert (a / "loss_curve.png").stat().st_size > 0 and (a / "data_report.json").is_file()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import finetune  # noqa: F401
+
+    reloaded = AutoModelForCausalLM.from_pretrained(a)  # strict: any missing or extra tensor is an error
+    assert torch.equal(reloaded.state_dict()["lm_head.weight"], weights_a["lm_head.weight"])
+    assert AutoTokenizer.from_pretrained(a).encode("你好") == AutoTokenizer.from_pretrained(tiny13b).encode(
+        "你好"
+    )
+
+
+@pytest.mark.distributed
+def test_zero2_lora_resumes_exactly_after_sigkill(tiny7b, chat_data, workdir):
+    """The official adapter (W_pack, r=1, alpha 32, dropout 0.1) with gradient checkpointing under ZeRO-2.
+    A run killed with SIGKILL right after its step-2 checkpoint, resumed with --resume_from_checkpoint True,
+    ends with the uninterrupted run's losses and adapter, dropout randomness included."""
+    base_before = digest(tiny7b)
+    args = (
+        "--model_name_or_path", tiny7b, "--data_path", chat_data, "--use_lora", "True",
+        "--gradient_checkpointing", "True", "--deepspeed", "ds_configs/zero2.json", "--max_steps", 6,
+        "--per_device_train_batch_size", 2, "--save_strategy", "steps", "--save_steps", 2,
+    )  # fmt: skip
+    reference = workdir / "lora-z2-reference"
+    result = run_sft(*args, "--output_dir", reference)
+    assert "tokens_per_second" in result.stdout and "supervised_tokens_per_second" in result.stdout
+
+    killed = workdir / "lora-z2-killed"
+    with open(workdir / "killed.log", "w") as log:
+        process = subprocess.Popen(
+            sft_command(*args, "--output_dir", killed),
+            cwd=ROOT, env=launcher_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        # trainer_state.json is the last file a checkpoint writes.
+        while not (killed / "checkpoint-2" / "trainer_state.json").exists():
+            assert process.poll() is None, (workdir / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (killed / "adapter_model.safetensors").exists()
+
+    run_sft(*args, "--output_dir", killed, "--resume_from_checkpoint", "True")
+    assert logged_losses(killed) == logged_losses(reference)
+    resumed, uninterrupted = (load_file(d / "adapter_model.safetensors") for d in (killed, reference))
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-6, rtol=0) for k in uninterrupted)
+
+    assert_trained_adapter(reference, tiny7b, targets={"W_pack"})
+    config = json.loads((reference / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (1, 32, 0.1)
+    assert digest(tiny7b) == base_before  # LoRA left the base files untouched
+
+
+@pytest.mark.distributed
+def test_zero3_lora_saves_the_whole_trained_adapter(tiny13b, chat_data, workdir):
+    """Under ZeRO-3 every rank holds a shard of each tensor; the saved adapter must still be complete."""
+    out = workdir / "lora-z3"
+    run_sft(
+        "--model_name_or_path", tiny13b, "--data_path", chat_data, "--output_dir", out, "--use_lora", "True",
+        "--lora_r", 4, "--lora_target_modules", "W_pack", "o_proj", "--deepspeed", "ds_configs/zero3.json",
+        "--max_steps", 2, "--per_device_train_batch_size", 2,
+    )  # fmt: skip
+    adapter = load_file(out / "adapter_model.safetensors")
+    hidden = json.loads((tiny13b / "config.json").read_text())["hidden_size"]
+    assert adapter["base_model.model.model.layers.0.self_attn.W_pack.lora_A.weight"].shape == (4, hidden)
+    assert adapter["base_model.model.model.layers.0.self_attn.W_pack.lora_B.weight"].shape == (3 * hidden, 4)
+    assert_trained_adapter(out, tiny13b, targets={"W_pack", "o_proj"})
+
+
+@pytest.mark.distributed
+def test_qlora_zero2_trains_an_adapter_on_a_4bit_base(tiny7b, chat_data, workdir):
+    out = workdir / "qlora-z2"
+    run_sft(
+        "--model_name_or_path", tiny7b, "--data_path", chat_data, "--output_dir", out, "--q_lora", "True",
+        "--lora_r", 4, "--lora_target_modules", "all-linear", "--bf16", "True", "--gradient_checkpointing", "True",
+        "--deepspeed", "ds_configs/zero2.json", "--max_steps", 2, "--per_device_train_batch_size", 2,
+    )  # fmt: skip
+    assert_trained_adapter(out, tiny7b, targets={"W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"})
+
+
+def test_bad_data_stops_before_training_with_one_line(tiny7b, workdir, capsys, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    from finetune import sft
+
+    monkeypatch.chdir(ROOT)
+    bad = workdir / "bad.json"
+    bad.write_text(json.dumps([{"id": "1", "conversations": [{"from": "human", "value": 3}]}]))
+    out = workdir / "bad-run"
+    argv = ["--model_name_or_path", str(tiny7b), "--data_path", str(bad), "--output_dir", str(out)]
+    try:
+        assert sft.main(argv) == 2
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "bad.json, record 0" in error
+    assert not (out / "trainer_state.json").exists()
+
+
+def test_token_counts_and_model_flops():
+    from finetune.trainer import batch_token_counts, count_parameters, training_flops_per_token
+
+    batch = {
+        "input_ids": torch.tensor([[195, 5, 196, 6, 2, 0], [195, 7, 196, 8, 9, 2]]),
+        "labels": torch.tensor([[2, -100, -100, 6, 2, -100], [-100, -100, -100, 8, 9, 2]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]),
+    }
+    # Real tokens from the mask; supervised = labels the shifted loss uses (a row's first label is none).
+    assert batch_token_counts(batch) == (11, 5)
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3, bias=False))
+    model.get_input_embeddings = lambda: model[0]
+    assert count_parameters(model) == (52, 52)
+    assert training_flops_per_token(model) == 6 * 12  # embeddings cost no FLOPs
+    model[1].weight.requires_grad_(False)
+    model[0].weight.requires_grad_(False)
+    assert training_flops_per_token(model) == 4 * 12  # frozen base: no weight gradients
+
+
+def test_loss_curve_png(tmp_path):
+    from finetune.callbacks import plot_loss_curve
+
+    history = [{"loss": 3.0 - 0.1 * s, "step": s} for s in range(1, 6)] + [{"eval_loss": 2.9, "step": 5}]
+    assert plot_loss_curve(history, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot_loss_curve([{"train_runtime": 1.0, "step": 5}], tmp_path / "none.png")
