@@ -158,7 +158,7 @@ def test_adapter_dir_chats_like_its_merged_export(tiny_dir, adapter_dir, chat, t
     ids = torch.tensor([with_adapter.prompt_ids(TURNS)])
     with torch.no_grad():
         adapter_logits = with_adapter.model(input_ids=ids).logits
-        torch.testing.assert_close(merged.model(input_ids=ids).logits, adapter_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(merged.model(input_ids=ids).logits, adapter_logits, atol=5e-5, rtol=1e-4)
         assert not torch.allclose(chat.model(input_ids=ids).logits, adapter_logits, atol=1e-2)
     assert with_adapter.reply(TURNS).text == merged.reply(TURNS).text
 

@@ -436,7 +436,10 @@ def test_validate_args(argv, message):
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in [*os.environ]:
-        if name.startswith(("HF_", "NCCL_", "HCCL_", "GLOO_", "TRANSFORMERS_")) or name == "DS_ENV_FILE":
+        if name.startswith(("HF_", "NCCL_", "HCCL_", "GLOO_", "TRANSFORMERS_")) or name in (
+            "DS_ENV_FILE",
+            "TOKENIZERS_PARALLELISM",
+        ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     Path("train.py").write_text("")

@@ -14,7 +14,7 @@ import torch
 # Bytes of fp32 logits per chunk: on a CPU, the weight-gradient update per chunk costs a pass over [V, h], so
 # chunks of ~128 rows; on a GPU, large enough for full-speed matmuls while far below the whole [n, V].
 CHUNK_BYTES = {"cpu": 64 * 2**20}
-DEFAULT_CHUNK_BYTES = 1 * 2**30
+DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 def chunk_positions(vocab_size: int, device: torch.device) -> int:

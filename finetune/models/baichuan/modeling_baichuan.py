@@ -12,6 +12,7 @@ differs on purpose:
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from .configuration_baichuan import BaichuanConfig
 from .linear_cross_entropy import linear_cross_entropy_sum
 
 ROPE_THETA = 10000.0
-ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2")
+ATTENTION_BACKENDS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +163,8 @@ class AttentionInputs:
     """What every layer's attention needs, computed once per forward.
 
     bias: None (plain causal: no padding, no packing, no past or a single query), a boolean allowed-pairs
-    mask (RoPE), or an additive float bias (ALiBi). varlen: flash-attention only.
+    mask (RoPE), or an additive float bias (ALiBi). varlen: flash-attention only. flex: flex_attention only,
+    (block mask, score_mod or None).
     """
 
     backend: str
@@ -170,6 +172,7 @@ class AttentionInputs:
     rotary: tuple[torch.Tensor, torch.Tensor] | None
     slopes: torch.Tensor | None
     varlen: VarlenIndex | None
+    flex: tuple | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,7 +238,59 @@ def flash_attention(q, k, v, attn: AttentionInputs) -> torch.Tensor:
     return padded.view(batch, length, heads, dim)
 
 
-ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_attention_2": flash_attention}
+@lru_cache(maxsize=2)
+def _flex_attention(device_type: str):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # Uncompiled, flex_attention materialises the whole score matrix; compiled on a GPU it is a fused kernel.
+    # On a CPU sdpa is the fast path, and flex stays uncompiled (a reference for tests).
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+
+def flex_attention_fn(q, k, v, attn: AttentionInputs) -> torch.Tensor:
+    block_mask, score_mod = attn.flex
+    out = _flex_attention(q.device.type)(
+        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0 / math.sqrt(q.shape[-1])
+    )
+    return out.transpose(1, 2)
+
+
+def flex_inputs(attention_mask, segments, slopes, batch: int, length: int, device) -> tuple:
+    """Block mask (causal, same packed sequence, key not padding — the diagonal always allowed, as in
+    `allowed_pairs`) and, for ALiBi, a score_mod adding slope_h * (j - i)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg = (
+        segment_ids(segments)
+        if segments is not None
+        else torch.zeros(batch, length, dtype=torch.long, device=device)
+    )
+    keep = (
+        attention_mask.bool()
+        if attention_mask is not None
+        else torch.ones(batch, length, dtype=torch.bool, device=device)
+    )
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        same = (seg[b, q_idx] == seg[b, kv_idx]) & keep[b, kv_idx]
+        return (kv_idx <= q_idx) & (same | (kv_idx == q_idx))
+
+    block_mask = create_block_mask(mask_mod, batch, None, length, length, device=device)
+    score_mod = None
+    if slopes is not None:
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + slopes[h] * (kv_idx - q_idx)
+
+    return block_mask, score_mod
+
+
+ATTENTION_FUNCTIONS = {
+    "eager": eager_attention,
+    "sdpa": sdpa_attention,
+    "flash_attention_2": flash_attention,
+    "flex_attention": flex_attention_fn,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,6 +410,7 @@ class BaichuanPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BaichuanLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
+    _supports_flex_attn = True
     _can_record_outputs = {"hidden_states": BaichuanLayer}
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -438,6 +494,12 @@ class BaichuanModel(BaichuanPreTrainedModel):
             if not padded:
                 return AttentionInputs(backend, None, rotary, slopes, None)
             backend = "sdpa"  # decoding a left-padded batch: varlen with a cache is not worth the code
+
+        if backend == "flex_attention":
+            if past_len == 0:
+                flex = flex_inputs(attention_mask, segments, slopes, batch, length, device)
+                return AttentionInputs(backend, None, rotary, slopes, None, flex)
+            backend = "sdpa"  # decoding with a cache: one query row, nothing for a block mask to skip
 
         explicit = padded or packed or (past_len > 0 and length > 1)
         allowed = allowed_pairs(attention_mask, segments, length, past_len, device) if explicit else None
