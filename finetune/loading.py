@@ -12,7 +12,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from .args import ConfigError, LoraArguments, ModelArguments, TrainingArguments
 
@@ -83,6 +90,14 @@ def quantization_config(training_args: TrainingArguments) -> BitsAndBytesConfig:
     )
 
 
+def load_config(model_args: ModelArguments, training_args: TrainingArguments) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
 def load_model_for_training(
     model_args: ModelArguments, lora_args: LoraArguments, training_args: TrainingArguments
 ) -> PreTrainedModel:
@@ -104,12 +119,12 @@ def load_model_for_training(
     return model
 
 
-def supports_packing(model: torch.nn.Module) -> bool:
+def supports_packing(config: PretrainedConfig, attn_implementation: str) -> bool:
     """Whether packed rows train correctly: the model must keep samples apart where position_ids restart.
-    The native Baichuan2 does on every attention backend; other transformers models with flash_attention_2."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    native = type(base).__module__.startswith("finetune.models.")
-    return native or getattr(base.config, "_attn_implementation", None) == "flash_attention_2"
+    The native Baichuan2 does on every attention backend; other transformers models with flash_attention_2.
+    Decided from the config, so the data is prepared and checked before the weights load."""
+    native = type(config).__module__.startswith("finetune.models.")
+    return native or attn_implementation == "flash_attention_2"
 
 
 def lora_config(lora_args: LoraArguments):

@@ -31,6 +31,7 @@ from finetune.dataset import build_dataset, format_report, format_sample, write_
 from finetune.devices import current_peak_flops, import_torch_npu
 from finetune.loading import (
     add_lora,
+    load_config,
     load_model_for_training,
     load_tokenizer,
     resolve_model_path,
@@ -50,7 +51,7 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def build_data(data_args, training_args, tokenizer, model):
+def build_data(data_args, training_args, tokenizer, config, attn_implementation):
     """Tokenized (and packed) train/eval sets, the collator, and the data report. Rank 0 tokenizes first;
     the other ranks then read its cache."""
     settings = {
@@ -61,7 +62,7 @@ def build_data(data_args, training_args, tokenizer, model):
         "skip_invalid": data_args.skip_invalid,
         "fmt": data_args.data_format,
         "num_proc": data_args.preprocessing_num_workers,
-        "model_type": model.config.model_type,
+        "model_type": config.model_type,
     }
     with training_args.main_process_first(desc="tokenizing"):
         train, report = build_dataset(tokenizer, data_args.data_path, **settings)
@@ -74,7 +75,9 @@ def build_data(data_args, training_args, tokenizer, model):
         size = int(data_args.val_size) if data_args.val_size >= 1 else data_args.val_size
         split = train.train_test_split(test_size=size, seed=training_args.seed)
         train, evals = split["train"], split["test"]
-    packing = data_args.packing if data_args.packing is not None else supports_packing(model)
+    packing = (
+        data_args.packing if data_args.packing is not None else supports_packing(config, attn_implementation)
+    )
     if packing:
         train, stats = pack_dataset(train, training_args.model_max_length)
         report["packing_efficiency"] = stats["packing_efficiency"]
@@ -142,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=training_args.cache_dir,
         trust_remote_code=model_args.trust_remote_code,
     )
+    # Data before weights: a bad record stops the run in seconds, not after a 13B model has loaded.
+    config = load_config(model_args, training_args)
+    try:
+        train, evals, collator, report = build_data(
+            data_args, training_args, tokenizer, config, model_args.attn_implementation
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
     model = load_model_for_training(model_args, lora_args, training_args)
     if wants_lora(training_args, lora_args):
         try:
@@ -149,12 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-
-    try:
-        train, evals, collator, report = build_data(data_args, training_args, tokenizer, model)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if training_args.should_save:
         write_report(report, Path(training_args.output_dir) / DATA_REPORT)
     announce(training_args, model, train, report, tokenizer)
@@ -174,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train(resume_from_checkpoint=resume_target(training_args))
     trainer.save_state()
     trainer.save_model()
-    logger.info(
-        "saved %s to %s",
-        "adapter" if wants_lora(training_args, lora_args) else "model",
-        training_args.output_dir,
-    )
+    if training_args.should_save:
+        logger.info(
+            "saved %s to %s",
+            "adapter" if wants_lora(training_args, lora_args) else "model",
+            training_args.output_dir,
+        )
     return 0
 
 

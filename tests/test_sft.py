@@ -263,6 +263,11 @@ def test_bad_data_stops_before_training_with_one_line(tiny7b, workdir, capsys, m
     bad.write_text(json.dumps([{"id": "1", "conversations": [{"from": "human", "value": 3}]}]))
     out = workdir / "bad-run"
     argv = ["--model_name_or_path", str(tiny7b), "--data_path", str(bad), "--output_dir", str(out)]
+
+    def no_weights(*args):
+        pytest.fail("the weights loaded before the data was checked")
+
+    monkeypatch.setattr(sft, "load_model_for_training", no_weights)
     try:
         assert sft.main(argv) == 2
     finally:
