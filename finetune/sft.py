@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 import logging
 
 import transformers
+from transformers.trainer_utils import IntervalStrategy
 
 import finetune  # noqa: F401  (registers the native Baichuan2 classes)
 from finetune.args import ConfigError, parse_args, wants_lora
@@ -75,6 +76,8 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
         size = int(data_args.val_size) if data_args.val_size >= 1 else data_args.val_size
         split = train.train_test_split(test_size=size, seed=training_args.seed)
         train, evals = split["train"], split["test"]
+    if evals is not None:
+        evaluate_when_saving(training_args)
     packing = (
         data_args.packing if data_args.packing is not None else supports_packing(config, attn_implementation)
     )
@@ -89,6 +92,16 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
     training_args.remove_unused_columns = False
     report["packing"] = packing
     return train, evals, DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id), report
+
+
+def evaluate_when_saving(training_args) -> None:
+    """Held-out data given (--eval_data_path / --val_size) but no --eval_strategy: evaluate whenever a
+    checkpoint is saved (every epoch when nothing is saved), so the eval loss is logged and plotted."""
+    if training_args.eval_strategy != IntervalStrategy.NO:
+        return
+    save = training_args.save_strategy
+    training_args.eval_strategy = IntervalStrategy.STEPS if save == "steps" else IntervalStrategy.EPOCH
+    training_args.eval_steps = training_args.save_steps
 
 
 def announce(training_args, model, train, report, tokenizer) -> None:

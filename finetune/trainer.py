@@ -75,6 +75,9 @@ class SFTTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._last_log_time is not None:
             logs.update(self._throughput())
+        if "eval_loss" in logs:
+            # Capped so that a diverged run logs a huge number rather than overflowing.
+            logs["eval_perplexity"] = round(math.exp(min(logs["eval_loss"], 50.0)), 4)
         super().log(logs, start_time)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -9,6 +9,7 @@ after a checkpoint resumes to the same weights; bad data stops before training w
 
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -304,3 +305,30 @@ def test_loss_curve_png(tmp_path):
     assert plot_loss_curve(history, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plot_loss_curve([{"train_runtime": 1.0, "step": 5}], tmp_path / "none.png")
+
+
+def test_val_size_evaluates_and_plots_eval_loss(tiny7b, chat_data, workdir, monkeypatch):
+    """--val_size alone (no --eval_strategy): the held-out split is evaluated when checkpoints are saved, and
+    eval loss and perplexity reach the log and the loss curve."""
+    from accelerate.state import AcceleratorState
+
+    from finetune import sft
+
+    monkeypatch.chdir(ROOT)
+    out = workdir / "val-run"
+    argv = [
+        "--model_name_or_path", str(tiny7b), "--data_path", str(chat_data), "--output_dir", str(out),
+        "--val_size", "4", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+        "--per_device_train_batch_size", "2", "--model_max_length", "256", "--report_to", "none",
+        "--use_lora", "True", "--learning_rate", "1e-3",
+    ]  # fmt: skip
+    try:
+        assert sft.main(argv) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    for h in evals:
+        assert h["eval_perplexity"] == pytest.approx(math.exp(h["eval_loss"]), rel=1e-3)
+    assert (out / "loss_curve.png").stat().st_size > 0
