@@ -5,8 +5,7 @@ import threading
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from adapters import make_adapter
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
 from finetune.chat import (
@@ -41,17 +40,7 @@ def chat(tiny_dir):
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_dir, tmp_path_factory):
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=16, target_modules=["W_pack"])
-    )
-    generator = torch.Generator().manual_seed(0)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            param.data = torch.randn(param.shape, generator=generator) * 0.5
-    out = tmp_path_factory.mktemp("chat-adapter") / "adapter"
-    peft_model.save_pretrained(str(out))
-    return out
+    return make_adapter(tiny_dir, tmp_path_factory.mktemp("chat-adapter") / "adapter", scale=0.5)
 
 
 def encode(chat, text):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from adapters import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
@@ -114,15 +114,7 @@ def test_bad_data_is_one_line(setup, capsys):
 
 def test_adapter_dir_evaluates_like_its_merged_export(setup):
     model_dir, data, root = setup
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=16, target_modules=["W_pack"])
-    )
-    generator = torch.Generator().manual_seed(0)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            param.data = torch.randn(param.shape, generator=generator) * 0.5
-    peft_model.save_pretrained(str(root / "adapter"))
+    make_adapter(model_dir, root / "adapter", scale=0.5)
     merged = export(str(root / "merged"), adapter=str(root / "adapter"), dtype="fp32")
     on_adapter = evaluate(str(root / "adapter"), [str(data)], device="cpu")
     assert on_adapter["loss"] == pytest.approx(

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
+from adapters import make_adapter
+from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -21,20 +22,6 @@ REMOTE_CODE = {
 INPUT_IDS = torch.tensor(
     [[195, 40, 41, 42, 196, 50, 51, 5, 60, 61, 62, 63], [195, 70, 71, 196, 80, 81, 82, 83, 84, 85, 2, 2]]
 )
-
-
-def make_adapter(base_dir, adapter_dir, targets, seed=0):
-    """A LoRA adapter whose B matrices are random, so merging changes every adapted weight."""
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=16, target_modules=targets)
-    )
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            param.data = torch.randn(param.shape, generator=generator) * 0.05
-    peft_model.save_pretrained(str(adapter_dir))
-    return adapter_dir
 
 
 def logits_of(model):
