@@ -28,16 +28,9 @@ from finetune.collator import DataCollatorForSFT
 from finetune.constants import IGNORE_INDEX
 from finetune.conversation import DataError
 from finetune.dataset import build_dataset
-from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
+from finetune.loading import load_model_for_inference, load_tokenizer, model_type_of
 
 DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def model_type_of(path: str) -> str | None:
-    """The model_type in the config of a model directory, or of an adapter's base."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(adapter_base(path) if is_adapter_dir(path) else path).model_type
 
 
 def length_sorted_batches(

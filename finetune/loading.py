@@ -98,6 +98,15 @@ def load_config(model_args: ModelArguments, training_args: TrainingArguments) ->
     )
 
 
+def model_type_of(path: str) -> str | None:
+    """The model_type in the config of a model directory, or of an adapter's base; None for a directory with
+    only tokenizer files (the tokenizer class then decides the template)."""
+    try:
+        return AutoConfig.from_pretrained(adapter_base(path) if is_adapter_dir(path) else path).model_type
+    except (OSError, ValueError):
+        return None
+
+
 def load_model_for_training(
     model_args: ModelArguments, lora_args: LoraArguments, training_args: TrainingArguments
 ) -> PreTrainedModel:

@@ -52,15 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_type(path: str) -> str | None:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(path).model_type
-    except (OSError, ValueError):  # a tokenizer-only directory: the tokenizer class decides the template
-        return None
-
-
 def report_path(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(output.stem + ".report.json")
@@ -70,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     import finetune  # noqa: F401  (registers the Baichuan classes with the Auto factories)
-    from finetune.loading import load_tokenizer
+    from finetune.loading import load_tokenizer, model_type_of
 
     try:
         tokenizer = load_tokenizer(args.model_name_or_path, model_max_length=args.model_max_length)
@@ -91,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             fmt=args.fmt,
             num_proc=args.num_proc,
             cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
-            model_type=_model_type(args.model_name_or_path),
+            model_type=model_type_of(args.model_name_or_path),
         )
     except DataError as e:
         print(e, file=sys.stderr)
