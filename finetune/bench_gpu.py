@@ -30,6 +30,7 @@ import torch
 
 from finetune.devices import peak_flops
 from finetune.models.baichuan import BaichuanConfig, BaichuanForCausalLM
+from finetune.trainer import training_flops_per_token
 
 GiB = 1024**3
 # Baichuan2-7B-Base config.json (BAICHUAN2_SPEC.md §3.1).
@@ -74,16 +75,10 @@ def build_model(
     return model.train()
 
 
-def dense_parameters(model: torch.nn.Module) -> int:
-    """Parameters that cost matmul FLOPs: all but the input embedding (LoRA adapters included)."""
-    embedding = model.get_input_embeddings().weight
-    return sum(p.numel() for p in model.parameters()) - embedding.numel()
-
-
-def flops_per_token(model: torch.nn.Module, config: BaichuanConfig, seq_len: int, lora: bool) -> float:
-    """6N (4N with a frozen base: no weight gradients) + 12*L*d*S for attention scores and values, fwd + bwd."""
+def flops_per_token(model: torch.nn.Module, config: BaichuanConfig, seq_len: int) -> float:
+    """The trainer's 6N (4N with a frozen base: no weight gradients) + 12*L*d*S for attention scores and values."""
     attention = 12 * config.num_hidden_layers * config.hidden_size * seq_len
-    return (4 if lora else 6) * dense_parameters(model) + attention
+    return training_flops_per_token(model) + attention
 
 
 def random_batch(
@@ -115,7 +110,7 @@ def time_steps(model, batch: dict[str, torch.Tensor], warmup: int, steps: int) -
     return (time.perf_counter() - start) / steps, torch.cuda.max_memory_allocated()
 
 
-def measure(model, run: str, batch, warmup: int, steps: int, lora: bool, peak: float | None) -> StepResult:
+def measure(model, run: str, batch, warmup: int, steps: int, peak: float | None) -> StepResult:
     """Time `model` with activation checkpointing off; while that runs out of memory, checkpoint every 4th,
     every 2nd, then every layer (the least recompute that fits)."""
     for every in CHECKPOINT_EVERY:
@@ -138,7 +133,7 @@ def measure(model, run: str, batch, warmup: int, steps: int, lora: bool, peak: f
     config = model.config
     seq_len = batch["input_ids"].shape[1]
     tokens_per_second = seq_len / seconds
-    achieved = tokens_per_second * flops_per_token(model, config, seq_len, lora)
+    achieved = tokens_per_second * flops_per_token(model, config, seq_len)
     return StepResult(
         run=run,
         layers=config.num_hidden_layers,
@@ -162,12 +157,12 @@ def throughput(
     peak = peak_flops(torch.cuda.get_device_name())
     model = build_model(overrides or {}, device)
     batch = random_batch(model.config.vocab_size, seq_len, device)
-    results = [measure(model, "full", batch, warmup, steps, lora=False, peak=peak)]
+    results = [measure(model, "full", batch, warmup, steps, peak=peak)]
     for rank in LORA_RANKS:
         config = LoraConfig(r=rank, lora_alpha=32, lora_dropout=0.1, target_modules=["W_pack"], bias="none")
         peft_model = get_peft_model(model, config)
         _free_memory()
-        results.append(measure(peft_model, f"LoRA r={rank} (W_pack)", batch, warmup, steps, True, peak))
+        results.append(measure(peft_model, f"LoRA r={rank} (W_pack)", batch, warmup, steps, peak))
         model = peft_model.unload()  # the base without adapters, for the next rank
     del model
     _free_memory()

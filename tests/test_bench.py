@@ -76,5 +76,6 @@ def test_flops_per_token_counts_every_weight_but_the_embedding():
     per_layer = 4 * d * d + 3 * d * inner + 2 * d  # W_pack + o_proj, MLP, two norms
     dense = layers * per_layer + d + 100 * d  # final norm, head
     attention = 12 * layers * d * seq
-    assert bench_gpu.flops_per_token(model, model.config, seq, lora=False) == 6 * dense + attention
-    assert bench_gpu.flops_per_token(model, model.config, seq, lora=True) == 4 * dense + attention
+    assert bench_gpu.flops_per_token(model, model.config, seq) == 6 * dense + attention
+    model.requires_grad_(False)  # a frozen base, as under LoRA: no weight gradients
+    assert bench_gpu.flops_per_token(model, model.config, seq) == 4 * dense + attention
