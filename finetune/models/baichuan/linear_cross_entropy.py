@@ -26,8 +26,11 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     the last node of the graph, so its incoming gradient is a scalar."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int, grads: bool
+    ):
+        # `grads`: the caller's grad mode (forward always runs under no_grad); False for a loss-only pass.
+        need_hidden, need_weight = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # Accumulated in the weight's dtype: this buffer becomes the weight gradient, so it costs no extra memory.
@@ -62,6 +65,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             (grad_weight * scale).to(grad_weight.dtype) if grad_weight is not None else None,
             None,
             None,
+            None,
         )
 
 
@@ -71,16 +75,4 @@ def linear_cross_entropy_sum(
     """sum_i CE(hidden[i] @ weight.T, labels[i]) in fp32, for hidden [n, h], weight [V, h], labels [n] (no
     ignored labels: select the trained positions first)."""
     chunk = chunk or chunk_positions(weight.shape[0])
-    if not torch.is_grad_enabled():
-        with torch.no_grad():
-            return _LinearCrossEntropySum.forward(_NoGrad(), hidden, weight, labels, chunk)
-    return _LinearCrossEntropySum.apply(hidden, weight, labels, chunk)
-
-
-class _NoGrad:
-    """Stand-in autograd context for a loss-only pass (evaluation under no_grad): no gradients computed."""
-
-    needs_input_grad = (False, False, False, False)
-
-    def save_for_backward(self, *tensors) -> None:
-        pass
+    return _LinearCrossEntropySum.apply(hidden, weight, labels, chunk, torch.is_grad_enabled())
