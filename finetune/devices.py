@@ -81,6 +81,17 @@ _PEAK_FLOPS = {
 }
 
 
+def finish_distributed() -> None:
+    """Wait for every rank (rank 0 may still be writing the model), then tear the process group down.
+
+    Left to interpreter exit, the gloo group's threads can outlive it on a rank that finished first and
+    abort the process ("terminate called without an active exception"), failing a run that completed.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def peak_flops(device_name: str) -> float | None:
     """Peak FLOP/s for a CUDA device name such as "NVIDIA A100-SXM4-80GB"; None when unknown."""
     for key, flops in _PEAK_FLOPS.items():

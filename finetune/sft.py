@@ -29,7 +29,7 @@ from finetune.callbacks import LossCurveCallback
 from finetune.collator import DataCollatorForSFT, pack_dataset
 from finetune.conversation import DataError
 from finetune.dataset import build_dataset, format_report, format_sample, write_report
-from finetune.devices import current_peak_flops, import_torch_npu
+from finetune.devices import current_peak_flops, finish_distributed, import_torch_npu
 from finetune.loading import (
     add_lora,
     load_config,
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "adapter" if wants_lora(training_args, lora_args) else "model",
             training_args.output_dir,
         )
+    finish_distributed()
     return 0
 
 
