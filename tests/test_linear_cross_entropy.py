@@ -58,3 +58,21 @@ def test_no_grad_gives_the_loss_only():
 def test_chunks_stay_bounded_for_the_real_vocabulary():
     rows = chunk_positions(125696)
     assert 1 <= rows and rows * 125696 * 4 <= 256 * 2**20
+
+
+def test_bf16_inputs_match_the_naive_path_upcast_to_fp32():
+    # bf16 takes the non-fp32 path: bf16 logits buffer, fp32 softmax, gradients back in bf16.
+    torch.manual_seed(2)
+    hidden = torch.randn(9, 16, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(60, 16, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 60, (9,))
+    expected = naive(hidden, weight, labels)
+    expected.backward()
+    expected_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = linear_cross_entropy_sum(hidden, weight, labels, 4)
+    got.backward()
+    assert got.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(weight.grad, expected_grads[1], rtol=2e-2, atol=2e-2)

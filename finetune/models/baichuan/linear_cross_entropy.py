@@ -35,10 +35,13 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # Accumulated in the weight's dtype: this buffer becomes the weight gradient, so it costs no extra memory.
         grad_weight = torch.zeros_like(weight) if need_weight else None
+        # One logits buffer for every chunk: on a CPU a fresh allocation of this size is mapped and zeroed by
+        # the kernel each time, which cost about 30% of the forward matmul's time at hidden 64.
+        buffer = hidden.new_empty((min(chunk, hidden.shape[0]), weight.shape[0]))
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk]
             y = labels[start : start + chunk]
-            logits = (h @ weight.T).float()
+            logits = torch.mm(h, weight.T, out=buffer[: len(h)]).float()
             # One exp pass serves both the loss and the softmax (logsumexp would exponentiate a second time).
             shifted = logits.sub_(logits.amax(dim=-1, keepdim=True))
             target = shifted.gather(1, y[:, None]).squeeze(1)
@@ -58,15 +61,14 @@ class _LinearCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        # Scaled in place: a copy would be another [V, h] weight-sized buffer. The graph is used once (the
+        # Trainer never retains it), so the saved gradients are not needed afterwards.
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_output.to(torch.float32)
-        return (
-            (grad_hidden * scale).to(grad_hidden.dtype) if grad_hidden is not None else None,
-            (grad_weight * scale).to(grad_weight.dtype) if grad_weight is not None else None,
-            None,
-            None,
-            None,
-        )
+        for grad in (grad_hidden, grad_weight):
+            if grad is not None:
+                grad.mul_(scale)
+        return grad_hidden, grad_weight, None, None, None
 
 
 def linear_cross_entropy_sum(
