@@ -76,3 +76,29 @@ def test_bf16_inputs_match_the_naive_path_upcast_to_fp32():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(weight.grad, expected_grads[1], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("logit_scale", [1.0, 60.0, -60.0])
+def test_extreme_logits_take_the_shifted_path_and_stay_exact(logit_scale):
+    # Rows whose exp-sums overflow (large logits) or vanish (all logits very negative) are recomputed shifted by
+    # their max; a chunk mixing them with ordinary rows must still equal the naive path.
+    torch.manual_seed(3)
+    hidden = torch.randn(6, 8, dtype=torch.float32)
+    hidden[::2] *= abs(logit_scale)
+    weight = torch.randn(40, 8)
+    if logit_scale < 0:
+        weight = torch.cat([weight.abs(), weight.abs()], dim=0)  # same-sign logits: all very negative below
+        hidden = -hidden.abs()
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    labels = torch.randint(0, weight.shape[0], (6,))
+    expected = naive(hidden, weight, labels)
+    expected.backward()
+    expected_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = linear_cross_entropy_sum(hidden, weight, labels, 4)
+    got.backward()
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(weight.grad, expected_grads[1], rtol=1e-4, atol=1e-4)
