@@ -36,8 +36,11 @@ class ModelArguments:
         metadata={"help": "Base model directory (official Baichuan2 layout or any causal LM) or hub id."},
     )
     attn_implementation: str = field(
-        default="sdpa",
-        metadata={"help": "Attention backend: sdpa, eager, flash_attention_2 (when installed), ..."},
+        default="auto",
+        metadata={
+            "help": "Attention backend: auto (flash_attention_2 on a CUDA GPU with flash-attn installed and "
+            "bf16/fp16, else sdpa), sdpa, eager, flash_attention_2, flex_attention."
+        },
     )
     trust_remote_code: bool = field(
         default=False,

@@ -7,6 +7,7 @@ classes, so official Baichuan2 directories load without `trust_remote_code`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import (
 )
 
 from .args import ConfigError, LoraArguments, ModelArguments, TrainingArguments
+from .devices import device_type
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -126,6 +128,17 @@ def load_model_for_training(
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     model.config.use_cache = False
     return model
+
+
+def resolve_attn_implementation(requested: str, training_args: TrainingArguments) -> str:
+    """`auto`: flash-attention 2 where it can run (a CUDA GPU, flash-attn installed, 16-bit compute), which
+    handles packed rows and ALiBi without a dense mask; sdpa everywhere else. Any other name is kept."""
+    if requested != "auto":
+        return requested
+    sixteen_bit = compute_dtype(training_args) != torch.float32
+    if device_type() == "cuda" and sixteen_bit and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def supports_packing(config: PretrainedConfig, attn_implementation: str) -> bool:

@@ -35,6 +35,7 @@ from finetune.loading import (
     load_config,
     load_model_for_training,
     load_tokenizer,
+    resolve_attn_implementation,
     resolve_model_path,
     supports_packing,
 )
@@ -119,7 +120,11 @@ def announce(training_args, model, train, report, tokenizer) -> None:
         training_args.max_tokens_per_step(),
     )
     logger.info(
-        "trainable parameters %s of %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+        "trainable parameters %s of %s (%.4f%%); attention %s",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        model.config._attn_implementation,
     )
     logger.info(
         "data (%s rows%s):\n%s", len(train), ", packed" if report["packing"] else "", format_report(report)
@@ -151,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(training_args)
     transformers.set_seed(training_args.seed)  # the LoRA init too, so that runs (and ranks) agree
     model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+    model_args.attn_implementation = resolve_attn_implementation(
+        model_args.attn_implementation, training_args
+    )
 
     tokenizer = load_tokenizer(
         model_args.model_name_or_path,

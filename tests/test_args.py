@@ -47,7 +47,7 @@ def write_yaml(path, text):
 def test_official_command_parses_with_official_meaning():
     model, data, lora, train = parse_args([*OFFICIAL, "--use_lora", "True"])
     assert model.model_name_or_path == "output/tiny-7b"
-    assert model.attn_implementation == "sdpa"
+    assert model.attn_implementation == "auto"
     assert data.data_path == ["data/sample_chat.json"]
     assert (train.model_max_length, train.num_train_epochs, train.per_device_train_batch_size) == (512, 4, 16)
     assert (train.learning_rate, train.adam_beta1, train.adam_beta2, train.adam_epsilon) == (
@@ -181,3 +181,33 @@ def test_npu_is_detected_and_selects_hccl(monkeypatch):
     finally:
         for cached in (devices.device_type, devices.import_torch_npu):
             cached.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "requested, device, bf16, flash_installed, expected",
+    [
+        ("auto", "cuda", True, True, "flash_attention_2"),
+        ("auto", "cuda", False, True, "sdpa"),  # fp32: flash-attn runs only in 16 bits
+        ("auto", "cuda", True, False, "sdpa"),
+        ("auto", "cpu", True, True, "sdpa"),
+        ("auto", "npu", True, True, "sdpa"),
+        ("eager", "cuda", True, True, "eager"),  # a named backend is kept
+        ("flex_attention", "cpu", False, False, "flex_attention"),
+    ],
+)
+def test_auto_attention_picks_flash_only_where_it_runs(
+    monkeypatch, requested, device, bf16, flash_installed, expected
+):
+    from finetune import loading
+
+    monkeypatch.setattr(loading, "device_type", lambda: device)
+    real_find_spec = loading.importlib.util.find_spec
+    monkeypatch.setattr(
+        loading.importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (object() if flash_installed else None) if name == "flash_attn" else real_find_spec(name, *a)
+        ),
+    )
+    training_args = types.SimpleNamespace(bf16=bf16, fp16=False)
+    assert loading.resolve_attn_implementation(requested, training_args) == expected
