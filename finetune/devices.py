@@ -81,14 +81,16 @@ _PEAK_FLOPS = {
 }
 
 
-def finish_distributed() -> None:
-    """Wait for every rank (rank 0 may still be writing the model), then tear the process group down.
+def finish_distributed(wait: bool = True) -> None:
+    """Tear the process group down, after waiting for every rank (rank 0 may still be writing the model).
 
     Left to interpreter exit, the gloo group's threads can outlive it on a rank that finished first and
     abort the process ("terminate called without an active exception"), failing a run that completed.
+    `wait=False` on an error every rank meets alike (bad data, bad flags): no rank is left to wait for.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if wait:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -146,13 +146,19 @@ def resume_target(training_args) -> str | bool | None:
     return True if value.lower() == "true" else value
 
 
+def fail(error: Exception) -> int:
+    """One line on stderr and exit status 2; every rank meets the same error, so none waits for another."""
+    print(f"error: {error}", file=sys.stderr)
+    finish_distributed(wait=False)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     import_torch_npu()  # when installed: registers torch.npu and DeepSpeed's NPU accelerator before devices are set up
     try:
         model_args, data_args, lora_args, training_args = parse_args(argv)
     except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     setup_logging(training_args)
     transformers.set_seed(training_args.seed)  # the LoRA init too, so that runs (and ranks) agree
     model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
@@ -173,16 +179,14 @@ def main(argv: list[str] | None = None) -> int:
             data_args, training_args, tokenizer, config, model_args.attn_implementation
         )
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
 
     model = load_model_for_training(model_args, lora_args, training_args)
     if wants_lora(training_args, lora_args):
         try:
             model = add_lora(model, lora_args, training_args)
         except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return fail(e)
     if training_args.should_save:
         write_report(report, Path(training_args.output_dir) / DATA_REPORT)
     announce(training_args, model, train, report, tokenizer)

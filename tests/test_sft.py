@@ -278,6 +278,27 @@ def test_bad_data_stops_before_training_with_one_line(tiny7b, workdir, capsys, m
     assert not (out / "trainer_state.json").exists()
 
 
+def test_bad_data_under_the_launcher_exits_2_on_every_rank(tiny7b, workdir):
+    # Both ranks meet the error with a process group up (ZeRO on CPU starts it at argument parsing); each must
+    # exit with status 2 and one line, not abort while the group is torn down at interpreter exit.
+    bad = workdir / "bad-ranks.json"
+    bad.write_text(json.dumps([{"id": "7", "conversations": [{"from": "human", "value": 3}]}]))
+    args = ["--model_name_or_path", tiny7b, "--data_path", bad, "--output_dir", workdir / "bad-ranks"]
+    result = subprocess.run(
+        sft_command(*args, "--deepspeed", "ds_configs/zero2.json"),
+        cwd=ROOT,
+        env=launcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert errors and all("bad-ranks.json, record 0" in line for line in errors), output[-3000:]
+    assert "Traceback" not in output and "terminate called" not in output
+
+
 def test_token_counts_and_model_flops():
     from finetune.trainer import batch_token_counts, count_parameters, training_flops_per_token
 
