@@ -243,7 +243,8 @@ def _flex_attention(device_type: str):
     from torch.nn.attention.flex_attention import flex_attention
 
     # Uncompiled, flex_attention materialises the whole score matrix; compiled on a GPU it is a fused kernel.
-    # On a CPU sdpa is the fast path, and flex stays uncompiled (a reference for tests).
+    # On a CPU sdpa is the fast path, and flex stays uncompiled (a reference for tests): torch 2.13's compiled
+    # CPU flex returned wrong outputs (even NaN) for some lengths that are not multiples of 16, plain causal mask.
     return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
 
 
