@@ -92,7 +92,15 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
     # The collator ignores the extra columns, and group_by_length reads "length".
     training_args.remove_unused_columns = False
     report["packing"] = packing
-    return train, evals, DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id), report
+    return train, evals, make_collator(tokenizer, training_args, attn_implementation), report
+
+
+def make_collator(tokenizer, training_args, attn_implementation: str) -> DataCollatorForSFT:
+    """Rows padded to the batch's longest, except for flex_attention: compiled, it is specialised to one row
+    length and recompiles for each new one, then runs uncompiled (the whole score matrix) past torch's
+    recompile limit; rows of one fixed width compile once."""
+    width = training_args.model_max_length if attn_implementation == "flex_attention" else None
+    return DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=width)
 
 
 def evaluate_when_saving(training_args) -> None:

@@ -353,3 +353,14 @@ def test_val_size_evaluates_and_plots_eval_loss(tiny7b, chat_data, workdir, monk
     for h in evals:
         assert h["eval_perplexity"] == pytest.approx(math.exp(h["eval_loss"]), rel=1e-3)
     assert (out / "loss_curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend, width", [("flex_attention", 64), ("sdpa", 3), ("flash_attention_2", 3)])
+def test_flex_attention_batches_have_one_fixed_width(backend, width):
+    from types import SimpleNamespace
+
+    from finetune.sft import make_collator
+
+    collator = make_collator(SimpleNamespace(pad_token_id=0), SimpleNamespace(model_max_length=64), backend)
+    batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].shape == (2, width) and int(batch["attention_mask"].sum()) == 4
