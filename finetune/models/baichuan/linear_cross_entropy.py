@@ -26,24 +26,25 @@ def chunk_positions(vocab_size: int) -> int:
 _SAFE_SUMS = (1e-30, 1e30)
 
 
+def _logits(h, weight, work, lowp):
+    """h @ weight.T into the reused buffers, as fp32."""
+    logits = torch.mm(h, weight.T, out=lowp[: len(h)])
+    return logits if logits.dtype == torch.float32 else work[: len(h)].copy_(logits)
+
+
 def _exp_logits(h, weight, y, work, lowp):
     """exp(h @ weight.T) in fp32 (in `work`), its row sums, and each row's -log softmax at its label.
 
     Logits are exponentiated unshifted, which saves the max and subtract passes over [rows, V] (about half the
     elementwise time on a CPU); a chunk whose sums leave the safe range is recomputed shifted by its row max.
     """
-    rows = len(h)
-    logits = torch.mm(h, weight.T, out=lowp[:rows])
-    if logits.dtype != torch.float32:
-        logits = work[:rows].copy_(logits)
+    logits = _logits(h, weight, work, lowp)
     target = logits.gather(1, y[:, None]).squeeze(1)
     exp = logits.exp_()
     sums = exp.sum(dim=-1)
     if bool(((sums > _SAFE_SUMS[0]) & (sums < _SAFE_SUMS[1])).all()):
         return exp, sums, sums.log() - target
-    logits = torch.mm(h, weight.T, out=lowp[:rows])
-    if logits.dtype != torch.float32:
-        logits = work[:rows].copy_(logits)
+    logits = _logits(h, weight, work, lowp)
     shift = logits.amax(dim=-1)
     exp = logits.sub_(shift[:, None]).exp_()
     sums = exp.sum(dim=-1)
