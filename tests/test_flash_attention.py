@@ -10,8 +10,7 @@ import types
 
 import pytest
 import torch
-
-from finetune.models.baichuan import BaichuanConfig, BaichuanForCausalLM
+from attention_models import tiny_model
 
 
 def _reference(q, k, v, softmax_scale=None, causal=False, alibi_slopes=None, **unused):
@@ -50,19 +49,6 @@ def fake_flash_attn(monkeypatch):
     module = types.ModuleType("flash_attn")
     module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
     monkeypatch.setitem(sys.modules, "flash_attn", module)
-
-
-def tiny_model(arch):
-    torch.manual_seed(0)
-    config = BaichuanConfig(
-        vocab_size=300,
-        hidden_size=80,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=5,  # not a power of two: the interleaved ALiBi slopes
-        position_embedding=arch,
-    )
-    return BaichuanForCausalLM(config)
 
 
 def loss_and_grads(model, backend, **batch):

@@ -6,22 +6,12 @@ import warnings
 
 import pytest
 import torch
-
-from finetune.models.baichuan import BaichuanConfig, BaichuanForCausalLM
+from attention_models import tiny_model
 
 
 @pytest.mark.parametrize("arch", ["rope", "alibi"])
 def test_flex_equals_sdpa_on_packed_and_padded_rows(arch):
-    torch.manual_seed(0)
-    config = BaichuanConfig(
-        vocab_size=300,
-        hidden_size=80,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=5,
-        position_embedding=arch,
-    )
-    model = BaichuanForCausalLM(config).eval()
+    model = tiny_model(arch).eval()
     ids = torch.randint(3, 300, (2, 20))
     packed = torch.tensor([list(range(8)) + list(range(12)), list(range(20))])
     mask = torch.ones(2, 20, dtype=torch.long)

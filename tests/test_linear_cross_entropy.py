@@ -11,6 +11,17 @@ def naive(hidden, weight, labels):
     return F.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
 
 
+def both_paths(hidden, weight, labels, chunk):
+    """Loss and (hidden, weight) gradients of the naive path, then of the chunked one."""
+    results = []
+    for loss_fn in (naive, lambda h, w, y: linear_cross_entropy_sum(h, w, y, chunk)):
+        hidden.grad = weight.grad = None
+        loss = loss_fn(hidden, weight, labels)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
+    return results
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 7, 100])
 @pytest.mark.parametrize("weight_grad", [True, False])
 def test_loss_and_gradients_equal_naive_path(chunk, weight_grad):
@@ -66,16 +77,11 @@ def test_bf16_inputs_match_the_naive_path_upcast_to_fp32():
     hidden = torch.randn(9, 16, dtype=torch.bfloat16, requires_grad=True)
     weight = torch.randn(60, 16, dtype=torch.bfloat16, requires_grad=True)
     labels = torch.randint(0, 60, (9,))
-    expected = naive(hidden, weight, labels)
-    expected.backward()
-    expected_grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
-    got = linear_cross_entropy_sum(hidden, weight, labels, 4)
-    got.backward()
-    assert got.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(weight.grad, expected_grads[1], rtol=2e-2, atol=2e-2)
+    expected, got = both_paths(hidden, weight, labels, 4)
+    assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-4)
+    for g, e in zip(got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("logit_scale", [1.0, 60.0, -60.0])
@@ -92,13 +98,8 @@ def test_extreme_logits_take_the_shifted_path_and_stay_exact(logit_scale):
     hidden.requires_grad_(True)
     weight.requires_grad_(True)
     labels = torch.randint(0, weight.shape[0], (6,))
-    expected = naive(hidden, weight, labels)
-    expected.backward()
-    expected_grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
-    got = linear_cross_entropy_sum(hidden, weight, labels, 4)
-    got.backward()
-    assert torch.isfinite(got)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(hidden.grad, expected_grads[0], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(weight.grad, expected_grads[1], rtol=1e-4, atol=1e-4)
+    expected, got = both_paths(hidden, weight, labels, 4)
+    assert torch.isfinite(got[0])
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
+    for g, e in zip(got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
