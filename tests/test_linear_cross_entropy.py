@@ -103,3 +103,18 @@ def test_extreme_logits_take_the_shifted_path_and_stay_exact(logit_scale):
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
     for g, e in zip(got[1:], expected[1:], strict=True):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_with_fp32_weights_runs_in_the_autocast_dtype():
+    # Full fine-tuning without DeepSpeed: fp32 master weights under bf16 autocast, hidden states in either dtype.
+    torch.manual_seed(4)
+    weight = torch.randn(60, 16, requires_grad=True)
+    labels = torch.randint(0, 60, (9,))
+    for hidden_dtype in (torch.float32, torch.bfloat16):
+        hidden = torch.randn(9, 16).to(hidden_dtype).requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected, got = both_paths(hidden, weight, labels, 4)
+        assert got[1].dtype == hidden_dtype and got[2].dtype == torch.float32
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
+        for g, e in zip(got[1:], expected[1:], strict=True):
+            torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)

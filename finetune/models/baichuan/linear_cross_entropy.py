@@ -113,4 +113,10 @@ def linear_cross_entropy_sum(
     """sum_i CE(hidden[i] @ weight.T, labels[i]) in fp32, for hidden [n, h], weight [V, h], labels [n] (no
     ignored labels: select the trained positions first)."""
     chunk = chunk or chunk_positions(weight.shape[0])
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        # Mixed precision with fp32 master weights: cast as autocast would for a matmul (it does not reach the
+        # Function's buffered matmuls); the casts' backward returns the gradients in the weights' dtype.
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
     return _LinearCrossEntropySum.apply(hidden, weight, labels, chunk, torch.is_grad_enabled())
