@@ -80,8 +80,8 @@ def sft_command(*args, ranks: int = 2) -> list[str]:
     return [*launcher, "finetune/sft.py", *COMMON, *map(str, args)]
 
 
-def run_sft(*args, ranks: int = 2) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+def launch(*args, ranks: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run(
         sft_command(*args, ranks=ranks),
         cwd=ROOT,
         env=launcher_env(),
@@ -89,6 +89,10 @@ def run_sft(*args, ranks: int = 2) -> subprocess.CompletedProcess:
         text=True,
         timeout=RUN_TIMEOUT_S,
     )
+
+
+def run_sft(*args, ranks: int = 2) -> subprocess.CompletedProcess:
+    result = launch(*args, ranks=ranks)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return result
 
@@ -284,14 +288,7 @@ def test_bad_data_under_the_launcher_exits_2_on_every_rank(tiny7b, workdir):
     bad = workdir / "bad-ranks.json"
     bad.write_text(json.dumps([{"id": "7", "conversations": [{"from": "human", "value": 3}]}]))
     args = ["--model_name_or_path", tiny7b, "--data_path", bad, "--output_dir", workdir / "bad-ranks"]
-    result = subprocess.run(
-        sft_command(*args, "--deepspeed", "ds_configs/zero2.json"),
-        cwd=ROOT,
-        env=launcher_env(),
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
+    result = launch(*args, "--deepspeed", "ds_configs/zero2.json")
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
