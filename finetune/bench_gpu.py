@@ -1,6 +1,6 @@
 """GPU benchmark: Baichuan2-7B-shaped training throughput, MFU and memory on one GPU. Figures, never assertions.
 
-    python -m finetune.bench_gpu [--seq_len 4096] [--warmup 2] [--steps 5]
+    python -m finetune.bench_gpu [--seq_len 4096] [--warmup 2] [--steps 5] [--compile]
     python -m finetune.bench --gpu            (the same, after the CPU tables)
 
 What is measured (random weights, no checkpoint files; bf16 weights and activations; sdpa attention):
@@ -12,6 +12,8 @@ What is measured (random weights, no checkpoint files; bf16 weights and activati
   supervised-only head computes logits at all positions: the worst case for our head, the usual case for MFU.
 - MFU = tokens/s x FLOPs per token / the device's dense bf16 peak, with FLOPs per token 6N + 12*L*d*S for full
   and 4N + 12*L*d*S for LoRA (N = parameters outside the input embedding, whose lookup costs no FLOPs).
+- `--compile`: the same runs with every decoder layer compiled in place (regional compilation: one graph that
+  all layers share, as `sft.py --torch_compile True` does), fusing RMSNorm, RoPE, SwiGLU and the residuals.
 - Logits/loss path memory: the model's own head + loss (forward + backward, a zero-layer model fed hidden
   states, frozen weights) against the naive full-logits path (`config.supervised_logits_only = False`: logits
   at every position, as the official code computes), at two supervised shares.
@@ -25,10 +27,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
 from finetune.devices import peak_flops
+from finetune.loading import compile_layers
 from finetune.models.baichuan import BaichuanConfig, BaichuanForCausalLM
 from finetune.trainer import training_flops_per_token
 
@@ -148,7 +152,12 @@ def measure(model, run: str, batch, warmup: int, steps: int, peak: float | None)
 
 
 def throughput(
-    seq_len: int, warmup: int, steps: int, overrides: dict | None = None, device: str = "cuda"
+    seq_len: int,
+    warmup: int,
+    steps: int,
+    overrides: dict | None = None,
+    device: str = "cuda",
+    compiled: bool = False,
 ) -> list[StepResult]:
     """Full fine-tuning, then LoRA at each rank of LORA_RANKS, on one randomly initialised model."""
     from peft import LoraConfig, get_peft_model
@@ -156,13 +165,19 @@ def throughput(
     device = torch.device(device)
     peak = peak_flops(torch.cuda.get_device_name())
     model = build_model(overrides or {}, device)
+    suffix = ""
+    if compiled:
+        compile_layers(
+            model, SimpleNamespace(torch_compile=True, torch_compile_backend=None, torch_compile_mode=None)
+        )
+        suffix = ", compiled layers"
     batch = random_batch(model.config.vocab_size, seq_len, device)
-    results = [measure(model, "full", batch, warmup, steps, peak=peak)]
+    results = [measure(model, "full" + suffix, batch, warmup, steps, peak=peak)]
     for rank in LORA_RANKS:
         config = LoraConfig(r=rank, lora_alpha=32, lora_dropout=0.1, target_modules=["W_pack"], bias="none")
         peft_model = get_peft_model(model, config)
         _free_memory()
-        results.append(measure(peft_model, f"LoRA r={rank} (W_pack)", batch, warmup, steps, peak))
+        results.append(measure(peft_model, f"LoRA r={rank} (W_pack){suffix}", batch, warmup, steps, peak))
         model = peft_model.unload()  # the base without adapters, for the next rank
     del model
     _free_memory()
@@ -249,13 +264,13 @@ def format_tables(device: str, steps: list[StepResult], memory: list[LossMemory]
     return "\n".join(lines)
 
 
-def run(seq_len: int = 4096, warmup: int = 2, steps: int = 5) -> str:
+def run(seq_len: int = 4096, warmup: int = 2, steps: int = 5, compiled: bool = False) -> str:
     """Every GPU figure as markdown tables; raises RuntimeError without a CUDA device."""
     # Before CUDA starts: fewer fragmentation OOMs at the edge of the full-model fit.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device: the GPU benchmark needs one")
-    step_results = throughput(seq_len, warmup, steps)
+    step_results = throughput(seq_len, warmup, steps, compiled=compiled)
     memory = loss_memory(seq_len)
     return format_tables(torch.cuda.get_device_name(), step_results, memory)
 
@@ -265,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq_len", type=int, default=4096)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--compile", action="store_true", help="compile each decoder layer (regional)")
     args = parser.parse_args(argv)
     try:
-        print(run(args.seq_len, args.warmup, args.steps))
+        print(run(args.seq_len, args.warmup, args.steps, args.compile))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -141,6 +141,25 @@ def resolve_attn_implementation(requested: str, training_args: TrainingArguments
     return "sdpa"
 
 
+def compile_layers(model: torch.nn.Module, training_args: TrainingArguments) -> bool:
+    """`--torch_compile`: compile each decoder layer in place (regional compilation). The layers share one
+    graph (their weights are its inputs), so compiling costs seconds, not minutes; RMSNorm, RoPE, SwiGLU, LoRA
+    dropout and the residual adds fuse, state-dict names stay unchanged, and the chunked loss, which syncs with
+    the host, stays eager. The Trainer's own whole-model compile is then switched off. False (the Trainer
+    compiles the whole model) for models without transformers' decoder-layer class, as remote code has."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not training_args.torch_compile or not layers:
+        return False
+    options = {"backend": training_args.torch_compile_backend, "mode": training_args.torch_compile_mode}
+    for layer in layers:
+        layer.compile(**{k: v for k, v in options.items() if v is not None})
+    training_args.torch_compile = False
+    training_args.torch_compile_backend = training_args.torch_compile_mode = None
+    return True
+
+
 def supports_packing(config: PretrainedConfig, attn_implementation: str) -> bool:
     """Whether packed rows train correctly: the model must keep samples apart where position_ids restart.
     The native Baichuan2 does on every attention backend; other transformers models with flash_attention_2.

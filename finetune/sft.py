@@ -32,6 +32,7 @@ from finetune.dataset import build_dataset, format_report, format_sample, write_
 from finetune.devices import current_peak_flops, finish_distributed, import_torch_npu
 from finetune.loading import (
     add_lora,
+    compile_layers,
     load_config,
     load_model_for_training,
     load_tokenizer,
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             model = add_lora(model, lora_args, training_args)
         except ConfigError as e:
             return fail(e)
+    if compile_layers(model, training_args):
+        logger.info("torch_compile: each decoder layer compiled in place")
     if training_args.should_save:
         write_report(report, Path(training_args.output_dir) / DATA_REPORT)
     announce(training_args, model, train, report, tokenizer)
