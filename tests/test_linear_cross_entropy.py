@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from finetune.models.baichuan import linear_cross_entropy as lce
 from finetune.models.baichuan.linear_cross_entropy import chunk_positions, linear_cross_entropy_sum
 
 
@@ -11,10 +12,10 @@ def naive(hidden, weight, labels):
     return F.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
 
 
-def both_paths(hidden, weight, labels, chunk):
+def both_paths(hidden, weight, labels, chunk, chunked=linear_cross_entropy_sum):
     """Loss and (hidden, weight) gradients of the naive path, then of the chunked one."""
     results = []
-    for loss_fn in (naive, lambda h, w, y: linear_cross_entropy_sum(h, w, y, chunk)):
+    for loss_fn in (naive, lambda h, w, y: chunked(h, w, y, chunk)):
         hidden.grad = weight.grad = None
         loss = loss_fn(hidden, weight, labels)
         loss.backward()
@@ -71,13 +72,17 @@ def test_chunks_stay_bounded_for_the_real_vocabulary():
     assert 1 <= rows and rows * 125696 * 4 <= 256 * 2**20
 
 
-def test_bf16_inputs_match_the_naive_path_upcast_to_fp32():
-    # bf16 takes the non-fp32 path: bf16 logits buffer, fp32 softmax, gradients back in bf16.
+def test_bf16_kernel_matches_the_naive_path_upcast_to_fp32():
+    # The 16-bit path a GPU takes: bf16 logits buffer, fp32 softmax, gradients back in bf16.
     torch.manual_seed(2)
     hidden = torch.randn(9, 16, dtype=torch.bfloat16, requires_grad=True)
     weight = torch.randn(60, 16, dtype=torch.bfloat16, requires_grad=True)
     labels = torch.randint(0, 60, (9,))
-    expected, got = both_paths(hidden, weight, labels, 4)
+
+    def kernel(h, w, y, chunk):
+        return lce._LinearCrossEntropySum.apply(h, w, y, chunk, True)
+
+    expected, got = both_paths(hidden, weight, labels, 4, chunked=kernel)
     assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.bfloat16
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-4)
     for g, e in zip(got[1:], expected[1:], strict=True):
@@ -105,16 +110,53 @@ def test_extreme_logits_take_the_shifted_path_and_stay_exact(logit_scale):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
-def test_autocast_with_fp32_weights_runs_in_the_autocast_dtype():
-    # Full fine-tuning without DeepSpeed: fp32 master weights under bf16 autocast, hidden states in either dtype.
+def test_cpu_runs_the_head_in_fp32_whatever_the_dtypes(monkeypatch):
+    # `--bf16 True` on a CPU: fp32 master weights under bf16 autocast, or a bf16 model; hidden states in either
+    # dtype. The kernel gets fp32 (16-bit CPU matmuls over the vocabulary are ~100x slower), the gradients come
+    # back in each input's dtype.
     torch.manual_seed(4)
-    weight = torch.randn(60, 16, requires_grad=True)
     labels = torch.randint(0, 60, (9,))
-    for hidden_dtype in (torch.float32, torch.bfloat16):
+    kernel_dtypes = []
+    kernel = lce._LinearCrossEntropySum.apply
+
+    def spy(hidden, weight, *args):
+        kernel_dtypes.append((hidden.dtype, weight.dtype))
+        return kernel(hidden, weight, *args)
+
+    monkeypatch.setattr(lce._LinearCrossEntropySum, "apply", spy)
+    for weight_dtype, hidden_dtype, autocast in [
+        (torch.float32, torch.float32, True),
+        (torch.float32, torch.bfloat16, True),
+        (torch.bfloat16, torch.bfloat16, False),
+    ]:
+        weight = torch.randn(60, 16).to(weight_dtype).requires_grad_(True)
         hidden = torch.randn(9, 16).to(hidden_dtype).requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            expected, got = both_paths(hidden, weight, labels, 4)
-        assert got[1].dtype == hidden_dtype and got[2].dtype == torch.float32
-        torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-3)
+        # The exact result: the naive path on the same values in fp32, outside autocast.
+        expected = both_paths(hidden.float().detach().requires_grad_(), weight.float().detach().requires_grad_(),
+                              labels, 4)[0]  # fmt: skip
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            got = both_paths(hidden, weight, labels, 4)[1]
+        assert kernel_dtypes.pop() == (torch.float32, torch.float32)
+        assert got[1].dtype == hidden_dtype and got[2].dtype == weight_dtype
+        torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
         for g, e in zip(got[1:], expected[1:], strict=True):
-            torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
+            torch.testing.assert_close(
+                g, e.to(g.dtype), rtol=1e-5, atol=1e-5
+            )  # bf16 ones: fp32, rounded once
+
+
+@pytest.mark.parametrize(
+    "device, autocast_dtype, weight_dtype, expected",
+    [
+        ("cpu", None, torch.bfloat16, torch.float32),
+        ("cpu", torch.bfloat16, torch.float32, torch.float32),
+        ("cuda", None, torch.bfloat16, torch.bfloat16),
+        ("cuda", None, torch.float32, torch.float32),
+        ("cuda", torch.bfloat16, torch.float32, torch.bfloat16),  # fp32 master weights under autocast
+        ("npu", torch.float16, torch.float32, torch.float16),
+    ],
+)
+def test_compute_dtype(monkeypatch, device, autocast_dtype, weight_dtype, expected):
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type: autocast_dtype is not None)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: autocast_dtype)
+    assert lce.compute_dtype(device, weight_dtype) == expected
