@@ -1,6 +1,6 @@
 """GPU benchmark: Baichuan2-7B-shaped training throughput, MFU and memory on one GPU. Figures, never assertions.
 
-    python -m finetune.bench_gpu [--seq_len 4096] [--warmup 2] [--steps 5] [--compile]
+    python -m finetune.bench_gpu [--seq_len 4096] [--warmup 2] [--steps 5] [--no_compile]
     python -m finetune.bench --gpu            (the same, after the CPU tables)
 
 What is measured (random weights, no checkpoint files; bf16 weights and activations; sdpa attention):
@@ -12,8 +12,9 @@ What is measured (random weights, no checkpoint files; bf16 weights and activati
   supervised-only head computes logits at all positions: the worst case for our head, the usual case for MFU.
 - MFU = tokens/s x FLOPs per token / the device's dense bf16 peak, with FLOPs per token 6N + 12*L*d*S for full
   and 4N + 12*L*d*S for LoRA (N = parameters outside the input embedding, whose lookup costs no FLOPs).
-- `--compile`: the same runs with every decoder layer compiled in place (regional compilation: one graph that
-  all layers share, as `sft.py --torch_compile True` does), fusing RMSNorm, RoPE, SwiGLU and the residuals.
+- Then the same runs with every decoder layer compiled in place (regional compilation: one graph that all
+  layers share, as `sft.py --torch_compile True` does), fusing RMSNorm, RoPE, SwiGLU and the residuals;
+  `--no_compile` skips them.
 - Logits/loss path memory: the model's own head + loss (forward + backward, a zero-layer model fed hidden
   states, frozen weights) against the naive full-logits path (`config.supervised_logits_only = False`: logits
   at every position, as the official code computes), at two supervised shares.
@@ -264,13 +265,15 @@ def format_tables(device: str, steps: list[StepResult], memory: list[LossMemory]
     return "\n".join(lines)
 
 
-def run(seq_len: int = 4096, warmup: int = 2, steps: int = 5, compiled: bool = False) -> str:
+def run(seq_len: int = 4096, warmup: int = 2, steps: int = 5, compiled: bool = True) -> str:
     """Every GPU figure as markdown tables; raises RuntimeError without a CUDA device."""
     # Before CUDA starts: fewer fragmentation OOMs at the edge of the full-model fit.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device: the GPU benchmark needs one")
-    step_results = throughput(seq_len, warmup, steps, compiled=compiled)
+    step_results = throughput(seq_len, warmup, steps)
+    if compiled:
+        step_results += throughput(seq_len, warmup, steps, compiled=True)
     memory = loss_memory(seq_len)
     return format_tables(torch.cuda.get_device_name(), step_results, memory)
 
@@ -280,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq_len", type=int, default=4096)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--compile", action="store_true", help="compile each decoder layer (regional)")
+    parser.add_argument("--no_compile", action="store_true", help="skip the compiled-layer runs")
     args = parser.parse_args(argv)
     try:
-        print(run(args.seq_len, args.warmup, args.steps, args.compile))
+        print(run(args.seq_len, args.warmup, args.steps, not args.no_compile))
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
