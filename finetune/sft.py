@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             return fail(e)
     if compile_layers(model, training_args):
-        logger.info("torch_compile: each decoder layer compiled in place")
+        logger.info("torch_compile: decoder layers compile in place at the first step")
     if training_args.should_save:
         write_report(report, Path(training_args.output_dir) / DATA_REPORT)
     announce(training_args, model, train, report, tokenizer)
