@@ -18,7 +18,13 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.utils import is_torch_tf32_available, logging
 
-from .devices import default_ddp_backend, has_accelerator, init_cpu_deepspeed_state, needs_cpu_deepspeed_state
+from .devices import (
+    cpu_has_bf16_matmul,
+    default_ddp_backend,
+    has_accelerator,
+    init_cpu_deepspeed_state,
+    needs_cpu_deepspeed_state,
+)
 
 OFFICIAL_LORA_TARGETS = ["W_pack"]
 
@@ -147,6 +153,12 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.tf32 and not is_torch_tf32_available():
             logger.warning("--tf32 ignored: no Ampere-or-newer CUDA device here")
             self.tf32 = None
+        if self.bf16 and not has_accelerator() and not cpu_has_bf16_matmul():
+            logger.warning(
+                "--bf16 on a CPU without bf16 matrix instructions (AVX512-BF16, AMX): its bf16 matmuls are "
+                "emulated, several times slower than fp32 (the output head runs in fp32 regardless); "
+                "leave --bf16 off on this machine"
+            )
         # The official command says --gradient_checkpointing, which transformers 5 renamed (and warns about).
         for old, new in (
             ("gradient_checkpointing", "activation_checkpointing"),

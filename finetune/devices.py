@@ -38,6 +38,13 @@ def has_accelerator() -> bool:
     return device_type() != "cpu"
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """AVX512-BF16 or AMX. Without them a CPU emulates bf16 matmuls: 7x (hidden 64) to over 100x (a reduction
+    over 125,696 rows) slower than fp32 on an AVX2 EPYC."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def default_ddp_backend() -> str | None:
     """Collective backend for torchrun/DDP; None lets accelerate choose (nccl on CUDA, gloo on CPU)."""
     return "hccl" if device_type() == "npu" else None

@@ -211,3 +211,15 @@ def test_auto_attention_picks_flash_only_where_it_runs(
     )
     training_args = types.SimpleNamespace(bf16=bf16, fp16=False)
     assert loading.resolve_attn_implementation(requested, training_args) == expected
+
+
+@pytest.mark.parametrize("bf16_units, warned", [(False, True), (True, False)])
+def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch, bf16_units, warned):
+    from finetune import args as args_module
+
+    monkeypatch.setattr(args_module, "cpu_has_bf16_matmul", lambda: bf16_units)
+    messages = []
+    monkeypatch.setattr(args_module.logger, "warning", lambda message, *a: messages.append(message))
+    *_, train = parse_args(["--data_path", "d.json", "--bf16", "True"])
+    assert train.bf16
+    assert any("--bf16 on a CPU" in m for m in messages) == warned
