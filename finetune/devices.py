@@ -69,6 +69,32 @@ def init_cpu_deepspeed_state(timeout_s: int) -> None:
         PartialState(backend="gloo", timeout=timedelta(seconds=timeout_s))
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    unlink_shm_allreduce_buffer()
+
+
+def unlink_shm_allreduce_buffer() -> None:
+    """Remove the name of this rank's DeepSpeed shared-memory allreduce buffer once every rank has mapped it.
+
+    DeepSpeed's CPU ranks on one host each create /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>
+    (66 MB) and map their peers' at start-up, and never unlink them: every run, finished, failed or killed,
+    left its buffers in /dev/shm, that is in RAM, until the host ran out of memory. After the barrier all
+    ranks hold their mappings, which outlive the name, so the memory is freed when the last rank exits."""
+    if not torch.distributed.is_initialized():
+        return
+    torch.distributed.barrier()
+    name = "_".join(
+        (
+            "deepspeed_allreduce_buffer",
+            str(os.getuid()),
+            os.environ.get("MASTER_ADDR", ""),
+            os.environ.get("MASTER_PORT", ""),
+            str(torch.distributed.get_rank()),
+        )
+    )
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:
+        pass  # not all ranks on one host: DeepSpeed uses no shared memory
 
 
 # Dense bf16/fp16 tensor-core peak per device, FLOP/s, from vendor data sheets (SXM variants).

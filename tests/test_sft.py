@@ -75,20 +75,26 @@ def launcher_env() -> dict[str, str]:
     return env
 
 
-def sft_command(*args, ranks: int = 2) -> list[str]:
-    launcher = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())]
+def sft_command(*args, ranks: int = 2, port: int | None = None) -> list[str]:
+    launcher = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(port or free_port())]
     return [*launcher, "finetune/sft.py", *COMMON, *map(str, args)]
 
 
 def launch(*args, ranks: int = 2) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        sft_command(*args, ranks=ranks),
+    port = free_port()
+    result = subprocess.run(
+        sft_command(*args, ranks=ranks, port=port),
         cwd=ROOT,
         env=launcher_env(),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
     )
+    # DeepSpeed's CPU ranks never unlink their shared-memory allreduce buffers (66 MB each, in RAM); sft.py
+    # does once every rank has mapped them, so no run, failed ones included, leaves any behind.
+    left = sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    assert not left, f"left in /dev/shm: {left}"
+    return result
 
 
 def run_sft(*args, ranks: int = 2) -> subprocess.CompletedProcess:
