@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
@@ -168,9 +167,7 @@ def throughput(
     model = build_model(overrides or {}, device)
     suffix = ""
     if compiled:
-        compile_layers(
-            model, SimpleNamespace(torch_compile=True, torch_compile_backend=None, torch_compile_mode=None)
-        )
+        compile_layers(model)
         suffix = ", compiled layers"
     batch = random_batch(model.config.vocab_size, seq_len, device)
     results = [measure(model, "full" + suffix, batch, warmup, steps, peak=peak)]

@@ -38,7 +38,7 @@ from finetune.dataset import build_dataset, format_report, format_sample, write_
 from finetune.devices import current_peak_flops, finish_distributed, import_torch_npu
 from finetune.loading import (
     add_lora,
-    compile_layers,
+    compile_for_training,
     load_config,
     load_model_for_training,
     load_tokenizer,
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             model = add_lora(model, lora_args, training_args)
         except ConfigError as e:
             return fail(e)
-    if compile_layers(model, training_args):
+    if compile_for_training(model, training_args):
         logger.info("torch_compile: decoder layers compile in place at the first step")
     if training_args.should_save:
         write_report(report, Path(training_args.output_dir) / DATA_REPORT)
