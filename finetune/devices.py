@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -79,7 +80,10 @@ def unlink_shm_allreduce_buffer() -> None:
     (66 MB) and map their peers' at start-up, and never unlink them: every run, finished, failed or killed,
     left its buffers in /dev/shm, that is in RAM, until the host ran out of memory. After the barrier all
     ranks hold their mappings, which outlive the name, so the memory is freed when the last rank exits."""
+    # DeepSpeed's own condition for using shared memory: every rank on this host.
     if not torch.distributed.is_initialized():
+        return
+    if int(os.environ.get("LOCAL_SIZE", 0)) != torch.distributed.get_world_size():
         return
     torch.distributed.barrier()
     name = "_".join(
@@ -91,10 +95,7 @@ def unlink_shm_allreduce_buffer() -> None:
             str(torch.distributed.get_rank()),
         )
     )
-    try:
-        os.unlink(os.path.join("/dev/shm", name))
-    except FileNotFoundError:
-        pass  # not all ranks on one host: DeepSpeed uses no shared memory
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 # Dense bf16/fp16 tensor-core peak per device, FLOP/s, from vendor data sheets (SXM variants).
