@@ -34,7 +34,7 @@ format: setup
 	.venv/bin/ruff format .
 
 bench: setup
-	$(PY) -m finetune.bench
+	$(PY) -m benchmarks.bench
 
 test-multinode: setup
 	bash tests/multinode/run.sh

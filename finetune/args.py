@@ -18,13 +18,8 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.utils import is_torch_tf32_available, logging
 
-from .devices import (
-    cpu_has_bf16_matmul,
-    default_ddp_backend,
-    has_accelerator,
-    init_cpu_deepspeed_state,
-    needs_cpu_deepspeed_state,
-)
+from .devices import cpu_has_bf16_matmul, default_ddp_backend, has_accelerator
+from .distributed import init_cpu_deepspeed_state, needs_cpu_deepspeed_state
 
 OFFICIAL_LORA_TARGETS = ["W_pack"]
 

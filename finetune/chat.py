@@ -30,9 +30,9 @@ import torch
 import transformers
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from finetune.conversation import DataError
+from finetune.data.formats import DataError
+from finetune.data.templates import build_chat_prompt, resolve_template
 from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
-from finetune.templates import build_chat_prompt, resolve_template
 
 # BAICHUAN2_SPEC.md §5: the generation_config.json of the official Chat checkpoints.
 OFFICIAL_CHAT_DEFAULTS: dict[str, Any] = {

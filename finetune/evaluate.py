@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from finetune.collator import DataCollatorForSFT
-from finetune.constants import IGNORE_INDEX
-from finetune.conversation import DataError
-from finetune.dataset import build_dataset
+from finetune.data.collator import DataCollatorForSFT
+from finetune.data.constants import IGNORE_INDEX
+from finetune.data.dataset import build_dataset
+from finetune.data.formats import DataError
 from finetune.loading import load_model_for_inference, load_tokenizer, model_type_of
 
 DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from finetune.loading import adapter_base, is_adapter_dir, local_model_dir
+from finetune.loading import adapter_base, is_adapter_dir
+from finetune.outputs import local_model_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .args import ConfigError, LoraArguments, ModelArguments, TrainingArguments
+from .args import LoraArguments, ModelArguments, TrainingArguments
 from .devices import device_type
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -141,82 +140,12 @@ def resolve_attn_implementation(requested: str, training_args: TrainingArguments
     return "sdpa"
 
 
-def compile_layers(model: torch.nn.Module, backend: str | None = None, mode: str | None = None) -> bool:
-    """Compile each decoder layer in place (regional compilation). The layers share one graph (their weights are
-    its inputs), so compiling costs seconds, not minutes; RMSNorm, RoPE, SwiGLU, LoRA dropout and the residual
-    adds fuse, state-dict names stay unchanged, and the chunked loss, which syncs with the host, stays eager.
-    False, compiling nothing, for models without transformers' decoder-layer class, as remote code has."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    options = {k: v for k, v in {"backend": backend, "mode": mode}.items() if v is not None}
-    for layer in layers:
-        layer.compile(**options)
-    return bool(layers)
-
-
-def compile_for_training(model: torch.nn.Module, training_args: TrainingArguments) -> bool:
-    """`--torch_compile`: the decoder layers compiled in place, and the Trainer's own whole-model compile
-    switched off; where there are no such layers the Trainer compiles the whole model as usual."""
-    if not training_args.torch_compile:
-        return False
-    if not compile_layers(model, training_args.torch_compile_backend, training_args.torch_compile_mode):
-        return False
-    training_args.torch_compile = False
-    training_args.torch_compile_backend = training_args.torch_compile_mode = None
-    return True
-
-
 def supports_packing(config: PretrainedConfig, attn_implementation: str) -> bool:
     """Whether packed rows train correctly: the model must keep samples apart where position_ids restart.
     The native Baichuan2 does on every attention backend; other transformers models with flash_attention_2.
     Decided from the config, so the data is prepared and checked before the weights load."""
     native = type(config).__module__.startswith("finetune.models.")
     return native or attn_implementation == "flash_attention_2"
-
-
-def lora_config(lora_args: LoraArguments):
-    from peft import LoraConfig, TaskType
-
-    targets = lora_args.lora_target_modules
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=lora_args.lora_r,
-        lora_alpha=lora_args.lora_alpha,
-        lora_dropout=lora_args.lora_dropout,
-        # peft takes "all-linear" only as a plain string (every linear layer except the output head).
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        modules_to_save=lora_args.lora_modules_to_save,
-        use_dora=lora_args.use_dora,
-        use_rslora=lora_args.use_rslora,
-    )
-
-
-def add_lora(model: PreTrainedModel, lora_args: LoraArguments, training_args: TrainingArguments):
-    """Wrap the model with a trainable LoRA adapter (the official one by default: W_pack, r=1, alpha 32)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    if lora_args.q_lora:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=bool(training_args.gradient_checkpointing),
-            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
-        )
-    elif training_args.gradient_checkpointing:
-        # Checkpointed blocks of a frozen base see no input that requires grad; without this the adapter gets none.
-        model.enable_input_require_grads()
-    try:
-        return get_peft_model(model, lora_config(lora_args))
-    except ValueError as e:
-        if "Target modules" not in str(e):
-            raise
-        linear = sorted(
-            {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        )
-        raise ConfigError(
-            f"--lora_target_modules {' '.join(lora_args.lora_target_modules)}: not in this model; "
-            f"its linear layers are {', '.join(linear)} (or use all-linear)"
-        ) from None
 
 
 def load_model_for_inference(
@@ -242,41 +171,3 @@ def load_model_for_inference(
         model.to(device)
     model.config.use_cache = True
     return model.eval()
-
-
-def local_model_dir(name_or_path: str, cache_dir: str | None = None) -> Path | None:
-    """The directory holding a model's files: the path itself, or the hub cache's snapshot of an id."""
-    if Path(name_or_path).is_dir():
-        return Path(name_or_path)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name_or_path, cache_dir=cache_dir, local_files_only=True))
-    except Exception:  # not cached (or not a hub id): nothing to copy from
-        return None
-
-
-TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt")
-# Config keys training changes that a drop-in replacement must have as the base had them.
-BASE_CONFIG_KEYS = ("auto_map", "use_cache")
-
-
-def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
-    """Make a full fine-tuned output a drop-in replacement for its base: the base's remote-code files (*.py),
-    tokenizer files and generation_config.json as they were (training never changes them), and the config
-    keys training touched (auto_map, use_cache) back to the base's values, with `torch_dtype` beside
-    transformers 5's `dtype` for older readers (the official code, vLLM, FastChat)."""
-    output_dir, base_dir = Path(output_dir), Path(base_dir)
-    patterns = ("*.py", *TOKENIZER_FILES, "generation_config.json")
-    for source in sorted({p for pattern in patterns for p in base_dir.glob(pattern) if p.is_file()}):
-        shutil.copy2(source, output_dir / source.name)
-    base_config, out_config = base_dir / "config.json", output_dir / "config.json"
-    if base_config.is_file() and out_config.is_file():
-        base = json.loads(base_config.read_text(encoding="utf-8"))
-        saved = json.loads(out_config.read_text(encoding="utf-8"))
-        saved.update({key: base[key] for key in BASE_CONFIG_KEYS if key in base})
-        if "dtype" in saved:
-            saved.setdefault("torch_dtype", saved["dtype"])
-        out_config.write_text(
-            json.dumps(saved, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )

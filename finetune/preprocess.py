@@ -17,9 +17,9 @@ import logging
 import sys
 from pathlib import Path
 
-from finetune.conversation import FORMATS, DataError
-from finetune.dataset import DEFAULT_CACHE_DIR, Truncation, build_dataset, format_report, write_report
-from finetune.templates import TEMPLATES, Masking
+from finetune.data.dataset import DEFAULT_CACHE_DIR, Truncation, build_dataset, format_report, write_report
+from finetune.data.formats import FORMATS, DataError
+from finetune.data.templates import TEMPLATES, Masking
 
 
 def _bool(value: str) -> bool:

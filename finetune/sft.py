@@ -32,13 +32,14 @@ from transformers.trainer_utils import IntervalStrategy
 import finetune  # noqa: F401  (registers the native Baichuan2 classes)
 from finetune.args import ConfigError, parse_args, wants_lora
 from finetune.callbacks import LossCurveCallback
-from finetune.collator import DataCollatorForSFT, pack_dataset
-from finetune.conversation import DataError
-from finetune.dataset import build_dataset, format_report, format_sample, write_report
-from finetune.devices import current_peak_flops, finish_distributed, import_torch_npu
+from finetune.compile import compile_for_training
+from finetune.data.collator import DataCollatorForSFT
+from finetune.data.dataset import build_dataset, format_report, format_sample, write_report
+from finetune.data.formats import DataError
+from finetune.data.packing import pack_dataset
+from finetune.devices import current_peak_flops, import_torch_npu
+from finetune.distributed import finish_distributed
 from finetune.loading import (
-    add_lora,
-    compile_for_training,
     load_config,
     load_model_for_training,
     load_tokenizer,
@@ -46,6 +47,7 @@ from finetune.loading import (
     resolve_model_path,
     supports_packing,
 )
+from finetune.lora import add_lora
 from finetune.trainer import SFTTrainer, count_parameters, training_flops_per_token
 
 gc.freeze()

@@ -13,8 +13,8 @@ import time
 import torch
 from transformers import Trainer
 
-from .constants import IGNORE_INDEX
-from .loading import complete_model_dir, local_model_dir
+from .data.constants import IGNORE_INDEX
+from .outputs import complete_model_dir, local_model_dir
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

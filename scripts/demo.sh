@@ -27,9 +27,9 @@ import sys
 import torch
 
 import finetune  # noqa: F401  (registers Baichuan2)
-from finetune.constants import EOS_TOKEN_ID
+from finetune.data.constants import EOS_TOKEN_ID
 from finetune.loading import load_model_for_inference, load_tokenizer
-from finetune.templates import build_chat_prompt
+from finetune.data.templates import build_chat_prompt
 
 out = sys.argv[1]
 turns = json.load(open("data/sample_chat.json", encoding="utf-8"))[0]["conversations"]

@@ -9,7 +9,7 @@ import torch
 
 from finetune import devices
 from finetune.args import ConfigError, parse_args
-from finetune.loading import lora_config
+from finetune.lora import lora_config
 
 # The official README command (BAICHUAN2_SPEC.md §2.6), paths aside.
 OFFICIAL = (

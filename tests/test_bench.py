@@ -4,7 +4,7 @@ GPU module's FLOP count matches the architecture."""
 import pytest
 import torch
 
-from finetune import bench, bench_gpu
+from benchmarks import bench, bench_gpu
 
 
 def table(text: str, first_header: str) -> list[dict[str, str]]:

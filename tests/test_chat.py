@@ -16,7 +16,7 @@ from finetune.chat import (
     generation_settings,
     main,
 )
-from finetune.constants import ASSISTANT_TOKEN_ID, USER_TOKEN_ID
+from finetune.data.constants import ASSISTANT_TOKEN_ID, USER_TOKEN_ID
 from finetune.export import export
 from finetune.tiny import write_tiny_checkpoint
 

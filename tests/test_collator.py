@@ -7,7 +7,8 @@ import datasets
 import pytest
 import torch
 
-from finetune.collator import DataCollatorForSFT, best_fit_decreasing, pack_dataset
+from finetune.data.collator import DataCollatorForSFT
+from finetune.data.packing import best_fit_decreasing, pack_dataset
 
 X = -100
 

@@ -8,7 +8,7 @@ import torch
 from attention_models import tiny_model
 from torch._dynamo.utils import counters
 
-from finetune.loading import compile_for_training
+from finetune.compile import compile_for_training
 
 
 def compile_args() -> SimpleNamespace:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.conversation import (
+from finetune.data.formats import (
     Conversation,
     DataError,
     LoadStats,

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from fakes import CharTokenizer, ids, official_sample
 
-import finetune.dataset as dataset_module
-from finetune.conversation import Conversation, DataError, Message
-from finetune.dataset import Truncation, build_dataset, fit_sample, format_sample, trainable_tokens
-from finetune.templates import prefix_sampler
+import finetune.data.dataset as dataset_module
+from finetune.data.dataset import Truncation, build_dataset, fit_sample, format_sample, trainable_tokens
+from finetune.data.formats import Conversation, DataError, Message
+from finetune.data.templates import prefix_sampler
 
 X = -100
 

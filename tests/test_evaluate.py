@@ -10,10 +10,10 @@ from adapters import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
-from finetune.conversation import load_conversations
+from finetune.data.formats import load_conversations
+from finetune.data.templates import tokenize_conversation
 from finetune.evaluate import evaluate, main
 from finetune.export import export
-from finetune.templates import tokenize_conversation
 from finetune.tiny import write_tiny_checkpoint
 
 RECORDS = [

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune import hostprobe
-from finetune.deepspeed_env import (
+from finetune.launch.env_file import (
     EnvFileError,
     format_env_file,
     forwarded_env,
@@ -22,14 +21,15 @@ from finetune.deepspeed_env import (
     parse_env_file,
     parse_env_pairs,
 )
-from finetune.hostfile import HostfileError, parse_hostfile, read_hostfile, resolve_active_hosts
-from finetune.launch import (
+from finetune.launch.hostfile import HostfileError, parse_hostfile, read_hostfile, resolve_active_hosts
+from finetune.launch.preflight import (
     HostCheck,
     LaunchError,
     build_parser,
     deepspeed_command,
     format_table,
     host_problems,
+    hostprobe,
     main,
     master_address,
     probe_over_ssh,

@@ -7,10 +7,10 @@ import pytest
 from fakes import official_sample
 
 import finetune  # noqa: F401  (registers the Baichuan tokenizer)
-from finetune.conversation import load_conversations
+from finetune.data.formats import load_conversations
+from finetune.data.templates import conversation_texts, encode_texts
 from finetune.loading import load_tokenizer
 from finetune.preprocess import main, report_path
-from finetune.templates import conversation_texts, encode_texts
 from finetune.tiny import write_tiny_checkpoint
 
 DATA = Path(__file__).resolve().parent.parent / "data"

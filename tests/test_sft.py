@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.devices import cpu_launch_env
+from finetune.distributed import cpu_launch_env
 from finetune.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

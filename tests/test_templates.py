@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from fakes import CHATML, CharTokenizer, ids, official_sample
 
-from finetune.conversation import Conversation, DataError, Message, load_conversations
-from finetune.templates import (
+from finetune.data.formats import Conversation, DataError, Message, load_conversations
+from finetune.data.templates import (
     Masking,
     baichuan2_tokens,
     build_chat_prompt,

@@ -19,9 +19,9 @@ from transformers import (
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
 from finetune.chat import Chat, main
-from finetune.constants import IGNORE_INDEX
-from finetune.conversation import Conversation, Message
-from finetune.templates import resolve_template, tokenize_conversation
+from finetune.data.constants import IGNORE_INDEX
+from finetune.data.formats import Conversation, Message
+from finetune.data.templates import resolve_template, tokenize_conversation
 from finetune.tiny import write_tiny_checkpoint
 
 CONVERSATIONS = [

@@ -28,7 +28,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
-from ...constants import IGNORE_INDEX
+from ...data.constants import IGNORE_INDEX
 from .configuration_baichuan import BaichuanConfig
 from .linear_cross_entropy import linear_cross_entropy_sum
 

@@ -11,7 +11,7 @@ printed; any failure exits 1 naming the host and the problem. Without --check-on
 runs: `deepspeed --hostfile HOSTFILE ... SCRIPT ARGS` (SCRIPT defaults to finetune/sft.py).
 
 Environment for the ranks (NCCL/HCCL interface, buffer sizes, HF offline flags) travels in DeepSpeed's
-env file (finetune/deepspeed_env.py); --env KEY=VALUE and --forward-env PATTERN add to it, and
+env file (finetune/launch/env_file.py); --env KEY=VALUE and --forward-env PATTERN add to it, and
 --write-env-file saves it for plain `deepspeed` runs.
 """
 
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import yaml
 
-from finetune import hostprobe
-from finetune.deepspeed_env import DEFAULT_FORWARD, EnvFileError, collect_env, format_env_file
-from finetune.hostfile import HostfileError, read_hostfile, resolve_active_hosts
+from finetune.launch import hostprobe
+from finetune.launch.env_file import DEFAULT_FORWARD, EnvFileError, collect_env, format_env_file
+from finetune.launch.hostfile import HostfileError, read_hostfile, resolve_active_hosts
 
-DEFAULT_SCRIPT = Path(__file__).with_name("sft.py")
+DEFAULT_SCRIPT = Path(__file__).resolve().parents[1] / "sft.py"
 DEFAULT_MASTER_PORT = 29500
 # Flags of finetune/sft.py (and the official fine-tune.py) naming files every rank opens.
 PATH_FLAGS = ("config", "model_name_or_path", "data_path", "eval_data_path", "deepspeed")

@@ -1,7 +1,7 @@
 """GPU benchmark: Baichuan2-7B-shaped training throughput, MFU and memory on one GPU. Figures, never assertions.
 
-    python -m finetune.bench_gpu [--seq_len 4096] [--warmup 2] [--steps 5] [--no_compile]
-    python -m finetune.bench --gpu            (the same, after the CPU tables)
+    python -m benchmarks.bench_gpu [--seq_len 4096] [--warmup 2] [--steps 5] [--no_compile]
+    python -m benchmarks.bench --gpu            (the same, after the CPU tables)
 
 What is measured (random weights, no checkpoint files; bf16 weights and activations; sdpa attention):
 - full: forward + backward of every weight, no optimizer step (bf16 AdamW state for 7.5B parameters would
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from finetune.compile import compile_layers
 from finetune.devices import peak_flops
-from finetune.loading import compile_layers
 from finetune.models.baichuan import BaichuanConfig, BaichuanForCausalLM
 from finetune.trainer import training_flops_per_token
 
@@ -276,7 +276,9 @@ def run(seq_len: int = 4096, warmup: int = 2, steps: int = 5, compiled: bool = T
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.bench_gpu", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_gpu", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--seq_len", type=int, default=4096)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from finetune.constants import IGNORE_INDEX
-from finetune.conversation import (
+from finetune.data.constants import IGNORE_INDEX
+from finetune.data.formats import (
     Conversation,
     LoadStats,
     Message,
@@ -36,7 +36,7 @@ from finetune.conversation import (
     load_conversations,
     resolve_data_files,
 )
-from finetune.templates import (
+from finetune.data.templates import (
     Masking,
     Sample,
     conversation_texts,
@@ -48,7 +48,6 @@ from finetune.templates import (
 DEFAULT_CACHE_DIR = ".cache/data"
 NO_TRAINABLE = "no trainable token"
 NO_TRAINABLE_AFTER_CUT = "no trainable token within model_max_length"
-_CODE_FILES = ("conversation.py", "templates.py", "dataset.py")
 
 
 class Truncation(str, Enum):
@@ -166,8 +165,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def _code_fingerprint() -> str:
+    """Hash of every module of this package: any change to reading, templates or truncation invalidates the cache."""
     here = Path(__file__).resolve().parent
-    return hashlib.sha256(b"".join((here / name).read_bytes() for name in _CODE_FILES)).hexdigest()
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
 
 
 def cache_key(settings: dict[str, Any], sources: Sequence[str], tokenizer: Any) -> str:

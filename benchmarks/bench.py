@@ -1,6 +1,6 @@
 """Speed benchmarks: markdown tables of figures, never a timing assertion (`make bench`).
 
-    python -m finetune.bench [--quick] [--gpu] [--batch_size 4] [--threads 1] [--workdir DIR]
+    python -m benchmarks.bench [--quick] [--gpu] [--batch_size 4] [--threads 1] [--workdir DIR]
 
 CPU training rows: one epoch of data/sample_chat.json on tiny random Baichuan2 checkpoints (finetune.tiny, plus
 one with the real 125,696-token vocabulary, where the head dominates as in the real model), fp32, one process,
@@ -19,7 +19,7 @@ The sft.py row (real-vocabulary model) runs the real `python finetune/sft.py` wi
 (start-up, tokenising, packing, training, saving), as a subprocess.
 
 Tokenising rows: `build_dataset` (uncached) on 10,000 conversations cycled from the sample data.
-`--gpu` adds `finetune.bench_gpu` (Baichuan2-7B shape on one GPU).
+`--gpu` adds `benchmarks.bench_gpu` (Baichuan2-7B shape on one GPU).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ from pathlib import Path
 
 import torch
 
-from finetune.collator import DataCollatorForSFT, pack_dataset
-from finetune.constants import IGNORE_INDEX
-from finetune.dataset import build_dataset
+from finetune.data.collator import DataCollatorForSFT
+from finetune.data.constants import IGNORE_INDEX
+from finetune.data.dataset import build_dataset
+from finetune.data.packing import pack_dataset
 from finetune.loading import load_tokenizer
 from finetune.tiny import random_state_dict, write_tiny_checkpoint, write_weights
 
@@ -55,13 +56,14 @@ MAX_LENGTH = 512  # the official model_max_length
 # The official optimizer settings (BAICHUAN2_SPEC.md §2.6); they do not change the speed, only make it honest.
 ADAMW = {"lr": 2e-5, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 1e-4}
 MAX_GRAD_NORM = 1.0
-# Imported once by the fork server. Not this module: as `python -m finetune.bench` it is re-run in each child as
+# Imported once by the fork server. Not this module: as `python -m benchmarks.bench` it is re-run in each child as
 # the main module, and runpy warns when it is already imported.
 PRELOAD = [
     "datasets",
     "transformers.trainer_pt_utils",
-    "finetune.collator",
-    "finetune.dataset",
+    "finetune.data.collator",
+    "finetune.data.packing",
+    "finetune.data.dataset",
     "finetune.loading",
 ]
 
@@ -69,7 +71,7 @@ PRELOAD = [
 @dataclass(frozen=True)
 class Setting:
     name: str
-    truncation: str  # finetune.dataset policy
+    truncation: str  # finetune.data.dataset policy
     layout: str  # "max_length" (static padding), "longest" (dynamic padding) or "packed"
     full_logits: bool
     order: str  # "random" or "group_by_length"
@@ -445,11 +447,11 @@ def run_cpu(workdir: Path, quick: bool, batch_size: int, threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="tiny-7b only, 16 conversations, no sft.py run, 1k tokenised"
     )
-    parser.add_argument("--gpu", action="store_true", help="also run finetune.bench_gpu (needs CUDA)")
+    parser.add_argument("--gpu", action="store_true", help="also run benchmarks.bench_gpu (needs CUDA)")
     parser.add_argument(
         "--batch_size", type=int, default=4, help="rows per step (per_device_train_batch_size)"
     )
@@ -470,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         print(run_cpu(workdir, args.quick, args.batch_size, args.threads), flush=True)
     if args.gpu:
-        from finetune import bench_gpu
+        from benchmarks import bench_gpu
 
         try:
             print("\n" + bench_gpu.run())

@@ -1,7 +1,7 @@
 """GPU checks run on a lent GPU (not in CI): flex_attention (compiled) against sdpa on packed rows, with
 gradients, for 7B (RoPE) and 13B (ALiBi) shapes; then packed-row training throughput per backend.
 
-    python scripts/gpu_checks.py
+    python benchmarks/gpu_checks.py
 """
 
 import time

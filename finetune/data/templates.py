@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from finetune.constants import ASSISTANT_TOKEN_ID, EOS_TOKEN_ID, IGNORE_INDEX, USER_TOKEN_ID
-from finetune.conversation import Conversation, DataError
+from finetune.data.constants import ASSISTANT_TOKEN_ID, EOS_TOKEN_ID, IGNORE_INDEX, USER_TOKEN_ID
+from finetune.data.formats import Conversation, DataError
 from finetune.models.baichuan.tokenization_baichuan import BaichuanTokenizer
 
 TEMPLATES = ("baichuan2", "chat_template")

@@ -1,0 +1,5 @@
+import sys
+
+from finetune.launch.preflight import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""Full-model outputs as drop-in replacements for their base directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def local_model_dir(name_or_path: str, cache_dir: str | None = None) -> Path | None:
+    """The directory holding a model's files: the path itself, or the hub cache's snapshot of an id."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # not cached (or not a hub id): nothing to copy from
+        return None
+
+
+TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt")
+# Config keys training changes that a drop-in replacement must have as the base had them.
+BASE_CONFIG_KEYS = ("auto_map", "use_cache")
+
+
+def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
+    """Make a full fine-tuned output a drop-in replacement for its base: the base's remote-code files (*.py),
+    tokenizer files and generation_config.json as they were (training never changes them), and the config
+    keys training touched (auto_map, use_cache) back to the base's values, with `torch_dtype` beside
+    transformers 5's `dtype` for older readers (the official code, vLLM, FastChat)."""
+    output_dir, base_dir = Path(output_dir), Path(base_dir)
+    patterns = ("*.py", *TOKENIZER_FILES, "generation_config.json")
+    for source in sorted({p for pattern in patterns for p in base_dir.glob(pattern) if p.is_file()}):
+        shutil.copy2(source, output_dir / source.name)
+    base_config, out_config = base_dir / "config.json", output_dir / "config.json"
+    if base_config.is_file() and out_config.is_file():
+        base = json.loads(base_config.read_text(encoding="utf-8"))
+        saved = json.loads(out_config.read_text(encoding="utf-8"))
+        saved.update({key: base[key] for key in BASE_CONFIG_KEYS if key in base})
+        if "dtype" in saved:
+            saved.setdefault("torch_dtype", saved["dtype"])
+        out_config.write_text(
+            json.dumps(saved, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
