@@ -3,7 +3,7 @@
     python -m finetune.chat --model output/lora [--system TEXT] [--greedy] [--max_new_tokens N]
     python -m finetune.chat --model output/full --prompt "你好" --greedy
 
-Prompts are built as the official chat prompt builder builds them (`templates.build_chat_prompt`): for
+Prompts are built as the official chat prompt builder builds them (`Template.chat_prompt`): for
 Baichuan2, the system text, then ``[195] user`` / ``[196] assistant`` with no eos between turns and a trailing
 196, whole old rounds dropped and the rest cut from the left to ``model_max_length - max_new_tokens``. Other
 models use their tokenizer's chat template. Generation settings are the checkpoint's generation_config.json
@@ -30,21 +30,14 @@ import torch
 import transformers
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from finetune import dtypes
+from finetune.data.constants import OFFICIAL_CHAT_GENERATION
 from finetune.data.formats import DataError
-from finetune.data.templates import build_chat_prompt, resolve_template
+from finetune.data.templates import Template, resolve_template
+from finetune.dtypes import parse_dtype
 from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
 
-# BAICHUAN2_SPEC.md §5: the generation_config.json of the official Chat checkpoints.
-OFFICIAL_CHAT_DEFAULTS: dict[str, Any] = {
-    "do_sample": True,
-    "temperature": 0.3,
-    "top_k": 5,
-    "top_p": 0.85,
-    "repetition_penalty": 1.05,
-    "max_new_tokens": 2048,
-}
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p")
-DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GENERATION_CONFIG = "generation_config.json"
 
 
@@ -81,7 +74,7 @@ def generation_settings(
     still replies with up to 2048 tokens rather than transformers' 20. ``greedy``: argmax decoding, no
     repetition penalty, so a reply can be checked token for token against its training target.
     """
-    values = {**OFFICIAL_CHAT_DEFAULTS, **checkpoint_values}
+    values = {**OFFICIAL_CHAT_GENERATION, **checkpoint_values}
     if values.get("eos_token_id") is None:
         values["eos_token_id"] = tokenizer.eos_token_id
     if values.get("pad_token_id") is None:
@@ -131,7 +124,7 @@ class Chat:
 
     model: Any
     tokenizer: Any
-    template: str
+    template: Template
     generation_config: GenerationConfig
     context_length: int
 
@@ -150,7 +143,7 @@ class Chat:
         from finetune.devices import device_type
 
         path = str(path)
-        model = load_model_for_inference(path, dtype=DTYPES[dtype], device=device or device_type())
+        model = load_model_for_inference(path, dtype=parse_dtype(dtype), device=device or device_type())
         tokenizer = load_tokenizer(path)
         config = generation_settings(checkpoint_generation_values(path), tokenizer, greedy, max_new_tokens)
         # generate() fills what a passed config leaves unset from the model's own; make them one and the same
@@ -171,7 +164,7 @@ class Chat:
         return budget if budget > 0 else self.context_length // 2
 
     def prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        return build_chat_prompt(self.tokenizer, messages, self.template, self.max_input_tokens())
+        return self.template.chat_prompt(self.tokenizer, messages, self.max_input_tokens())
 
     def reply(
         self, messages: Sequence[Mapping[str, str]], on_text: Callable[[str], Any] | None = None
@@ -276,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--template", help="baichuan2 or chat_template (default: baichuan2 for Baichuan models)"
     )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="default: the checkpoint's")
+    parser.add_argument("--dtype", choices=dtypes.CHOICES, default="auto", help="default: the checkpoint's")
     parser.add_argument(
         "--device", help="cuda, npu, cpu, cuda:1… (default: the accelerator when there is one)"
     )

@@ -34,13 +34,14 @@ from finetune.args import ConfigError, parse_args, wants_lora
 from finetune.callbacks import LossCurveCallback
 from finetune.compile import compile_for_training
 from finetune.data.collator import DataCollatorForSFT
-from finetune.data.dataset import build_dataset, format_report, format_sample, write_report
+from finetune.data.dataset import build_dataset
 from finetune.data.formats import DataError
 from finetune.data.packing import pack_dataset
+from finetune.data.report import format_sample
 from finetune.devices import current_peak_flops, import_torch_npu
 from finetune.distributed import finish_distributed
 from finetune.loading import (
-    load_config,
+    load_model_config,
     load_model_for_training,
     load_tokenizer,
     resolve_attn_implementation,
@@ -68,23 +69,18 @@ def setup_logging(training_args) -> None:
 def build_data(data_args, training_args, tokenizer, config, attn_implementation):
     """Tokenized (and packed) train/eval sets, the collator, and the data report. Rank 0 tokenizes first;
     the other ranks then read its cache."""
-    settings = {
-        "template": data_args.template,
-        "model_max_length": training_args.model_max_length,
-        "truncation": data_args.truncation,
-        "masking": data_args.mask,
-        "skip_invalid": data_args.skip_invalid,
-        "fmt": data_args.data_format,
-        "num_proc": data_args.preprocessing_num_workers,
-        "model_type": config.model_type,
-    }
+    max_length = training_args.model_max_length
     with training_args.main_process_first(desc="tokenizing"):
-        train, report = build_dataset(tokenizer, data_args.data_path, **settings)
-        evals = (
-            build_dataset(tokenizer, data_args.eval_data_path, **settings)[0]
-            if data_args.eval_data_path
-            else None
-        )
+        train, report = build_dataset(tokenizer, data_args, max_length, model_type=config.model_type)
+        evals = None
+        if data_args.eval_data_path:
+            evals, _ = build_dataset(
+                tokenizer,
+                data_args,
+                max_length,
+                data_path=data_args.eval_data_path,
+                model_type=config.model_type,
+            )
     if data_args.val_size:
         size = int(data_args.val_size) if data_args.val_size >= 1 else data_args.val_size
         split = train.train_test_split(test_size=size, seed=training_args.seed)
@@ -96,14 +92,14 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
     )
     if packing:
         train, stats = pack_dataset(train, training_args.model_max_length)
-        report["packing_efficiency"] = stats["packing_efficiency"]
+        report.packing_efficiency = stats["packing_efficiency"]
         evals = pack_dataset(evals, training_args.model_max_length)[0] if evals is not None else None
     elif training_args.train_sampling_strategy == "random":
         # Padding: batches of similar lengths waste the least compute.
         training_args.train_sampling_strategy = "group_by_length"
     # The collator ignores the extra columns, and group_by_length reads "length".
     training_args.remove_unused_columns = False
-    report["packing"] = packing
+    report.packing = packing
     return train, evals, make_collator(tokenizer, training_args, attn_implementation), report
 
 
@@ -146,12 +142,10 @@ def announce(training_args, model, train, report, tokenizer) -> None:
         100 * trainable / total,
         model.config._attn_implementation,
     )
-    logger.info(
-        "data (%s rows%s):\n%s", len(train), ", packed" if report["packing"] else "", format_report(report)
-    )
+    logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
     first = train[0]
     sample = (first["input_ids"], first["labels"])
-    if report["packing"]:
+    if report.packing:
         # Show the first sample of the row, not the whole row.
         end = next((i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"]))
         sample = (first["input_ids"][:end], first["labels"][:end])
@@ -193,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         trust_remote_code=model_args.trust_remote_code,
     )
     # Data before weights: a bad record stops the run in seconds, not after a 13B model has loaded.
-    config = load_config(model_args, training_args)
+    config = load_model_config(model_args, training_args)
     try:
         train, evals, collator, report = build_data(
             data_args, training_args, tokenizer, config, model_args.attn_implementation
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if compile_for_training(model, training_args):
         logger.info("torch_compile: decoder layers compile in place at the first step")
     if training_args.should_save:
-        write_report(report, Path(training_args.output_dir) / DATA_REPORT)
+        report.write(Path(training_args.output_dir) / DATA_REPORT)
     announce(training_args, model, train, report, tokenizer)
 
     trainer = SFTTrainer(

@@ -9,16 +9,14 @@ from adapters import make_adapter
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
 from finetune.chat import (
-    OFFICIAL_CHAT_DEFAULTS,
     Chat,
     checkpoint_generation_values,
     conversation_loop,
     generation_settings,
     main,
 )
-from finetune.data.constants import ASSISTANT_TOKEN_ID, USER_TOKEN_ID
+from finetune.data.constants import ASSISTANT_TOKEN_ID, OFFICIAL_CHAT_GENERATION, USER_TOKEN_ID
 from finetune.export import export
-from finetune.tiny import write_tiny_checkpoint
 
 SYSTEM = "You are a helpful assistant."
 TURNS = [
@@ -29,18 +27,13 @@ TURNS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("chat") / "base", arch="7b")
+def chat(tiny7b):
+    return Chat.from_pretrained(tiny7b, dtype="fp32", device="cpu", greedy=True, max_new_tokens=300)
 
 
 @pytest.fixture(scope="module")
-def chat(tiny_dir):
-    return Chat.from_pretrained(tiny_dir, dtype="fp32", device="cpu", greedy=True, max_new_tokens=300)
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_dir, tmp_path_factory):
-    return make_adapter(tiny_dir, tmp_path_factory.mktemp("chat-adapter") / "adapter", scale=0.5)
+def adapter_dir(tiny7b, tmp_path_factory):
+    return make_adapter(tiny7b, tmp_path_factory.mktemp("chat-adapter") / "adapter", scale=0.5)
 
 
 def encode(chat, text):
@@ -52,7 +45,7 @@ def encode(chat, text):
 
 def test_official_defaults_fill_what_the_checkpoint_leaves_out(chat):
     config = generation_settings({"eos_token_id": 2, "pad_token_id": 0}, chat.tokenizer)
-    assert {k: getattr(config, k) for k in OFFICIAL_CHAT_DEFAULTS} == OFFICIAL_CHAT_DEFAULTS
+    assert {k: getattr(config, k) for k in OFFICIAL_CHAT_GENERATION} == OFFICIAL_CHAT_GENERATION
     assert (config.eos_token_id, config.pad_token_id) == (2, 0)
     absent = generation_settings({}, chat.tokenizer)
     assert absent.max_new_tokens == 2048 and absent.eos_token_id == chat.tokenizer.eos_token_id == 2
@@ -65,17 +58,17 @@ def test_checkpoint_values_and_overrides_win(chat):
     assert (greedy.do_sample, greedy.repetition_penalty, greedy.max_new_tokens) == (False, 1.0, 7)
 
 
-def test_generation_values_come_from_the_checkpoint_or_the_adapters_base(tiny_dir, adapter_dir, tmp_path):
-    own = json.loads((tiny_dir / "generation_config.json").read_text())
+def test_generation_values_come_from_the_checkpoint_or_the_adapters_base(tiny7b, adapter_dir, tmp_path):
+    own = json.loads((tiny7b / "generation_config.json").read_text())
     own.pop("transformers_version")
-    assert checkpoint_generation_values(tiny_dir) == own
+    assert checkpoint_generation_values(tiny7b) == own
     assert checkpoint_generation_values(adapter_dir) == own
     assert checkpoint_generation_values(tmp_path) == {}
 
 
-def test_loaded_chat_uses_the_checkpoint_generation_config(tiny_dir):
-    sampled = Chat.from_pretrained(tiny_dir, dtype="fp32", device="cpu")
-    assert sampled.template == "baichuan2" and sampled.context_length == 4096
+def test_loaded_chat_uses_the_checkpoint_generation_config(tiny7b):
+    sampled = Chat.from_pretrained(tiny7b, dtype="fp32", device="cpu")
+    assert sampled.template.name == "baichuan2" and sampled.context_length == 4096
     config = sampled.generation_config
     assert (config.do_sample, config.temperature, config.top_k, config.top_p) == (True, 0.3, 5, 0.85)
     assert (config.repetition_penalty, config.max_new_tokens, config.eos_token_id) == (1.05, 2048, 2)
@@ -99,7 +92,7 @@ def test_prompt_is_the_official_chat_input(chat):
 
 
 def test_prompt_keeps_the_newest_rounds_and_cuts_from_the_left(chat):
-    small = Chat(chat.model, chat.tokenizer, "baichuan2", chat.generation_config, context_length=310)
+    small = Chat(chat.model, chat.tokenizer, chat.template, chat.generation_config, context_length=310)
     assert small.max_input_tokens() == 10
     newest = [USER_TOKEN_ID, *encode(chat, TURNS[2]["content"]), ASSISTANT_TOKEN_ID]
     assert len(newest) <= 10 < len(chat.prompt_ids(TURNS))
@@ -109,7 +102,7 @@ def test_prompt_keeps_the_newest_rounds_and_cuts_from_the_left(chat):
     assert small.prompt_ids(long_question) == full[-10:] and full[-1] == ASSISTANT_TOKEN_ID
     # max_new_tokens at or over the context: half of it stays for the prompt
     assert (
-        Chat(chat.model, chat.tokenizer, "baichuan2", chat.generation_config, 300).max_input_tokens() == 150
+        Chat(chat.model, chat.tokenizer, chat.template, chat.generation_config, 300).max_input_tokens() == 150
     )
 
 
@@ -135,12 +128,13 @@ def test_ctrl_c_stops_the_reply_not_the_caller(chat):
     assert threading.active_count() == threads  # the generation thread has ended
 
 
-def test_adapter_dir_chats_like_its_merged_export(tiny_dir, adapter_dir, chat, tmp_path):
+def test_adapter_dir_chats_like_its_merged_export(tiny7b, adapter_dir, chat, tmp_path):
     with_adapter = Chat.from_pretrained(
         adapter_dir, dtype="fp32", device="cpu", greedy=True, max_new_tokens=30
     )
     assert (
-        type(with_adapter.model).__name__ == "PeftModelForCausalLM" and with_adapter.template == "baichuan2"
+        type(with_adapter.model).__name__ == "PeftModelForCausalLM"
+        and with_adapter.template.name == "baichuan2"
     )
     merged_dir = export(str(tmp_path / "merged"), adapter=str(adapter_dir), dtype="fp32")
     merged = Chat.from_pretrained(merged_dir, dtype="fp32", device="cpu", greedy=True, max_new_tokens=30)
@@ -192,10 +186,10 @@ def test_loop_ends_at_end_of_input(chat):
     assert conversation_loop(chat, None, read=read, write=lambda text: None) == []
 
 
-def test_cli_one_shot_with_system(tiny_dir, chat, capsys):
+def test_cli_one_shot_with_system(tiny7b, chat, capsys):
     argv = [
         "--model",
-        str(tiny_dir),
+        str(tiny7b),
         "--prompt",
         "你好",
         "--system",
