@@ -1,4 +1,4 @@
-"""Model and tokenizer loading for training and inference: dtype, attention backend, 4-bit (QLoRA), LoRA.
+"""Model and tokenizer loading for training and inference: dtype, attention backend, 4-bit (QLoRA).
 
 A path may be a base model directory, a full fine-tuned output (same layout as the base) or a LoRA adapter
 directory (adapter_config.json naming its base). `import finetune` has registered the native Baichuan2
