@@ -19,6 +19,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import torch
 import uvicorn
 from adapters import make_adapter
 
@@ -72,6 +73,7 @@ class Server:
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     base = write_tiny_checkpoint(root / "tiny-7b", arch="7b")
+    torch.manual_seed(0)  # peft draws lora_A from torch's generator: the same adapter on every run
     return {"tiny-7b": base, "lora": make_adapter(base, root / "lora", scale=0.5)}
 
 
@@ -330,10 +332,11 @@ def test_openai_client_raises_its_own_errors(client):
     assert e.value.code == "context_length_exceeded" and e.value.param == "messages"
 
 
-def test_unknown_routes_are_json_404s(server):
+@pytest.mark.parametrize(("path", "status"), [("/v1/completions", 404), ("/v1/chat/completions", 405)])
+def test_unknown_routes_and_methods_get_json_errors(server, path, status):
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"{server.url}/v1/completions", timeout=10)
-    assert e.value.code in (404, 405) and "error" in json.loads(e.value.read())
+        urllib.request.urlopen(f"{server.url}{path}", timeout=10)
+    assert e.value.code == status and json.loads(e.value.read())["error"]["message"]
 
 
 def test_api_key_is_required_when_set(served):
@@ -433,18 +436,22 @@ def test_page_shows_two_models_side_by_side(server, client):
             driver.find_element(By.ID, "send").click()
             done = '.message.assistant[data-state="done"]'
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, done)) == 2 * turn)
-            return [
-                driver.find_elements(By.CSS_SELECTOR, f"#{column} .message.assistant .text")[-1].text
+            return [  # textContent: the text as streamed in, not as laid out
+                driver.find_elements(By.CSS_SELECTOR, f"#{column} .message.assistant .text")[
+                    -1
+                ].get_attribute("textContent")
                 for column in ("column-a", "column-b")
             ]
 
         history = {"tiny-7b": [TURNS[0]], "lora": [TURNS[0]]}
+        replies = []
         for turn, text in enumerate(["你好", QUESTION], start=1):
             shown = say(text, turn)
+            replies.append(shown)
             for model, reply in zip(history, shown):
                 history[model].append({"role": "user", "content": text})
                 expected = greedy(client, model, history[model]).choices[0].message.content
-                assert reply == expected.strip()  # the DOM's text is rendered text: edges trimmed
+                assert reply == expected
                 history[model].append({"role": "assistant", "content": expected})
         assert shown[0] != shown[1]  # the adapter changes the reply
         headings = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".model-name")]
@@ -453,5 +460,8 @@ def test_page_shows_two_models_side_by_side(server, client):
         screenshot = ARTIFACTS / "serve_page.png"
         driver.save_screenshot(str(screenshot))
         print(f"screenshot: {screenshot}")
+        driver.find_element(By.ID, "clear").click()
+        assert driver.find_elements(By.CSS_SELECTOR, ".message") == []
+        assert say("你好", 1) == replies[0]  # a new conversation: the first turn's replies again
     finally:
         driver.quit()

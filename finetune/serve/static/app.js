@@ -71,11 +71,11 @@ function addMessage(column, role, text) {
   return div;
 }
 
-function requestBody(column) {
+function requestBody(model, history) {
   const messages = [];
   const system = $("system").value.trim();
   if (system) messages.push({ role: "system", content: system });
-  const body = { model: column.select.value, messages: messages.concat(column.history), stream: true,
+  const body = { model, messages: messages.concat(history), stream: true,
     stream_options: { include_usage: true } };
   for (const [name, parse] of Object.entries(SETTINGS)) {
     const raw = $(name).value.trim();
@@ -85,7 +85,7 @@ function requestBody(column) {
 }
 
 // Reads the server-sent events of one streamed reply into its message element.
-async function streamReply(column, element, controller) {
+async function streamReply(body, element, controller) {
   const text = element.querySelector(".text");
   const meta = document.createElement("span");
   meta.className = "meta";
@@ -98,7 +98,7 @@ async function streamReply(column, element, controller) {
   };
   try {
     const response = await fetch("v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(requestBody(column)), signal: controller.signal,
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
     });
     if (!response.ok) {
       text.textContent = await errorText(response);
@@ -152,13 +152,15 @@ async function send(event) {
   $("stop").disabled = false;
   running = targets.map(() => new AbortController());
   await Promise.all(targets.map(async (column, i) => {
-    column.history.push({ role: "user", content: message });
+    // This conversation's history: New conversation meanwhile starts another, which this reply stays out of.
+    const history = column.history;
+    history.push({ role: "user", content: message });
     addMessage(column, "user", message);
     const element = addMessage(column, "assistant", "");
     element.dataset.state = "streaming";
-    const reply = await streamReply(column, element, running[i]);
-    if (reply === null) column.history.pop();  // an error: the question is not part of the conversation
-    else column.history.push({ role: "assistant", content: reply });
+    const reply = await streamReply(requestBody(column.select.value, history), element, running[i]);
+    if (reply === null) history.pop();  // an error: the question is not part of the conversation
+    else history.push({ role: "assistant", content: reply });
   }));
   running = [];
   $("send").disabled = false;
