@@ -79,6 +79,7 @@ def evaluate(
     skip_invalid: bool = False,
     dtype: str = "auto",
     device: str | None = None,
+    allow_base_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``data_path``; returns the metrics with the settings that produced them."""
     from finetune.devices import device_type
@@ -96,7 +97,12 @@ def evaluate(
         cache_dir=None,  # a held-out file is small next to the forward passes over it
         model_type=model_type_of(model_path),
     )
-    model = load_model_for_inference(model_path, dtype=DTYPES[dtype], device=device or device_type())
+    model = load_model_for_inference(
+        model_path,
+        dtype=DTYPES[dtype],
+        device=device or device_type(),
+        allow_base_mismatch=allow_base_mismatch,
+    )
     samples = dataset.select_columns(["input_ids", "labels"]).to_list()
     collator = DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id)
     metrics = evaluate_loss(model, length_sorted_batches(samples, batch_size, collator))
@@ -131,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="default: the checkpoint's")
     parser.add_argument("--device", help="cuda, npu, cpu… (default: the accelerator when there is one)")
     parser.add_argument("--output", help="also write the metrics to this JSON file")
+    parser.add_argument(
+        "--allow_base_mismatch", action="store_true", help="load an adapter onto a base it was not trained on"
+    )
     args = parser.parse_args(argv)
     if args.model_max_length < 2 or args.batch_size < 1:
         parser.error("--model_max_length must be at least 2 and --batch_size at least 1")
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_invalid=args.skip_invalid,
             dtype=args.dtype,
             device=args.device,
+            allow_base_mismatch=args.allow_base_mismatch,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

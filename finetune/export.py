@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from finetune.adapter_files import check_adapter_base
 from finetune.loading import adapter_base, is_adapter_dir
 from finetune.models.baichuan.portable import REMOTE_CODE_FILES
 from finetune.outputs import local_model_dir
@@ -110,10 +111,15 @@ def config_dtype(model_dir: Path) -> torch.dtype:
     return {v: k for k, v in DTYPE_NAMES.items()}.get(name, torch.float32)
 
 
-def load_merged(model_dir: Path, adapter: str | None, dtype: torch.dtype) -> torch.nn.Module:
-    """The model of ``model_dir`` in ``dtype``, with ``adapter`` merged into its weights when given."""
+def load_merged(
+    model_dir: Path, adapter: str | None, dtype: torch.dtype, allow_base_mismatch: bool = False
+) -> torch.nn.Module:
+    """The model of ``model_dir`` in ``dtype``, with ``adapter`` merged into its weights when given (an error
+    when the adapter's recorded base fingerprint does not match ``model_dir``, unless allowed)."""
     from transformers import AutoModelForCausalLM
 
+    if adapter is not None:
+        check_adapter_base(adapter, model_dir, allow_base_mismatch)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
@@ -238,6 +244,7 @@ def export(
     dtype: str | None = None,
     fold_head: bool | None = None,
     max_shard_size: str | int = "5GB",
+    allow_base_mismatch: bool = False,
 ) -> Path:
     """Write the merged (``adapter``) or re-exported (``model``) full model to ``output``; returns its path.
     ``fold_head`` None: fold the NormHead of a Baichuan2 model (and of nothing else)."""
@@ -259,7 +266,7 @@ def export(
         raise ExportError(f"{source}: --fold_norm_head needs a checkpoint with {LM_HEAD}")
     target = DTYPES[dtype] if dtype else config_dtype(source)
 
-    merged = load_merged(source, adapter, target)
+    merged = load_merged(source, adapter, target, allow_base_mismatch)
     tensors = select_tensors(merged.state_dict(), names, source)
     if fold_head:
         tensors = fold_norm_head(tensors)
@@ -364,6 +371,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--copy_weights", action="store_true", help="--portable: copy the weights instead of linking them"
     )
+    parser.add_argument(
+        "--allow_base_mismatch",
+        action="store_true",
+        help="merge an adapter into a base it was not trained on",
+    )
     return parser.parse_args(argv)
 
 
@@ -381,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             fold_head=args.fold_norm_head,
             max_shard_size=args.max_shard_size,
+            allow_base_mismatch=args.allow_base_mismatch,
         )
     except (ExportError, OSError, ValueError) as e:  # unreadable or mismatched checkpoints included
         print(f"error: {e}", file=sys.stderr)
