@@ -5,7 +5,7 @@ torch and transformers (.venv on transformers 5, .venv-official on transformers 
     python tests/remote_code_check.py PLAN.json RESULT.pt
 
 PLAN: {"models": [{"name", "path", "adapter"?}], "tokenizers": [{"name", "path"}], "input_ids",
-"padded": {"input_ids", "attention_mask"}, "max_new_tokens", "texts", "chats"}. RESULT (torch.save): per model,
+"padded": {"input_ids", "attention_mask"}, "greedy" (GenerationConfig fields), "texts", "chats"}. RESULT (torch.save): per model,
 logits per attention backend, padded-batch logits, greedy generation (ids and per-step scores, KV cache on);
 per tokenizer, ids and decoded text of each text and, where transformers has chat templates, the rendered
 chats; and the names of any `finetune` modules imported (there must be none).
@@ -44,22 +44,21 @@ def model_results(spec, plan):
     padded_mask = torch.tensor(plan["padded"]["attention_mask"])
     for attn in ("sdpa", "eager"):
         model = load_model(spec, attn)
+        transformers_model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        transformers_model.generation_config = GenerationConfig(**plan["greedy"])
         with torch.no_grad():
             out[f"logits_{attn}"] = model(input_ids=ids).logits
             out[f"padded_{attn}"] = model(input_ids=padded_ids, attention_mask=padded_mask).logits
             generated = model.generate(
                 input_ids=padded_ids,
                 attention_mask=padded_mask,
-                generation_config=GenerationConfig(
-                    do_sample=False, max_new_tokens=plan["max_new_tokens"], pad_token_id=0, eos_token_id=2
-                ),
                 use_cache=True,
                 output_scores=True,
                 return_dict_in_generate=True,
             )
         out[f"generated_{attn}"] = generated.sequences
         out[f"scores_{attn}"] = torch.stack(generated.scores)
-        out["class"] = type(model).__module__
+        out["class"] = type(transformers_model).__module__
     return out
 
 
