@@ -7,8 +7,8 @@ torch and transformers (.venv on transformers 5, .venv-official on transformers 
 PLAN: {"models": [{"name", "path", "adapter"?}], "tokenizers": [{"name", "path"}], "input_ids",
 "padded": {"input_ids", "attention_mask"}, "greedy" (GenerationConfig fields), "texts", "chats"}. RESULT (torch.save): per model,
 logits per attention backend, padded-batch logits, greedy generation (ids and per-step scores, KV cache on);
-per tokenizer, ids and decoded text of each text and, where transformers has chat templates, the rendered
-chats; and the names of any `finetune` modules imported (there must be none).
+per tokenizer, ids and decoded text of each text and, where transformers has chat templates, each chat's
+generation prompt ids and its ids with assistant masks; and the names of any `finetune` modules imported (there must be none).
 """
 
 import json
@@ -71,12 +71,16 @@ def tokenizer_results(spec, plan):
         "decoded": [tokenizer.decode(i) for i in ids],
         "decoded_skip": [tokenizer.decode(i, skip_special_tokens=True) for i in ids],
     }
-    if hasattr(tokenizer, "apply_chat_template") and getattr(tokenizer, "chat_template", None):
-        out["chats"] = [
-            tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    if getattr(tokenizer, "chat_template", None):  # transformers >= 4.34
+        out["chat_ids"] = [
+            list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
             for chat in plan["chats"]
         ]
-        out["chat_ids"] = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in out["chats"]]
+        masked = [
+            tokenizer.apply_chat_template(chat, return_assistant_tokens_mask=True) for chat in plan["chats"]
+        ]
+        out["chat_train_ids"] = [list(encoding["input_ids"]) for encoding in masked]
+        out["assistant_masks"] = [list(encoding["assistant_masks"]) for encoding in masked]
     return out
 
 

@@ -22,6 +22,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 import finetune  # noqa: F401  (registers the native Baichuan classes)
+from finetune.data.templates import build_chat_prompt
 from finetune.export import export, make_portable
 from finetune.loading import load_tokenizer
 from finetune.models.baichuan.portable import REMOTE_CODE_FILES
@@ -62,7 +63,31 @@ CHATS = [
         {"role": "user", "content": "再说一遍\n"},
     ],
     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+    [
+        {"role": "system", "content": "简短回答。"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b <s> c"},
+        {"role": "user", "content": "d"},
+        {"role": "assistant", "content": "🤖 e"},
+    ],
 ]
+
+
+def official_prompt(tokenizer, messages) -> list[int]:
+    """The official build_chat_input (our baichuan2 prompt builder), context large enough to keep every round."""
+    return build_chat_prompt(tokenizer, messages, "baichuan2", max_input_tokens=4096)
+
+
+def marked_turns(tokenizer, messages) -> tuple[list[int], list[int]]:
+    """Ids of a whole conversation as the official format lays it out (system raw, 195/196 markers, no eos), and
+    the mask of its assistant texts."""
+    ids, mask = [], []
+    for message in messages:
+        text = tokenizer.encode(message["content"], add_special_tokens=False)
+        marker = {"system": [], "user": [195], "assistant": [196]}[message["role"]]
+        ids += marker + text
+        mask += [0] * len(marker) + [int(message["role"] == "assistant")] * len(text)
+    return ids, mask
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -202,6 +227,23 @@ def assert_tokenizers_equal(results: dict, tokenizers: dict) -> None:
         assert got["ids"] == expected
         assert got["decoded"] == TEXTS  # decode(encode(x)) == x
         assert got["decoded_skip"] == [tokenizer.decode(ids, skip_special_tokens=True) for ids in expected]
+        if "chat_ids" in got:  # transformers 5 (4.33 has no chat templates)
+            assert got["chat_ids"] == [official_prompt(tokenizer, chat) for chat in CHATS]
+            expected_turns = [marked_turns(tokenizer, chat) for chat in CHATS]
+            assert got["chat_train_ids"] == [ids for ids, _ in expected_turns]
+            assert got["assistant_masks"] == [mask for _, mask in expected_turns]
+
+
+def test_chat_template_is_the_official_prompt(outputs):
+    """In-process, through the native tokenizer (what `import finetune` users and our tools get)."""
+    root, _, tokenizers = outputs
+    for tokenizer in tokenizers.values():
+        for chat in CHATS:
+            prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)
+            assert list(prompt) == official_prompt(tokenizer, chat)
+            whole = tokenizer.apply_chat_template(chat, return_dict=False)
+            assert list(whole) == marked_turns(tokenizer, chat)[0]
+        assert "<reserved_106>" not in tokenizer.decode([195, 40, 196, 41], skip_special_tokens=True)
 
 
 def test_transformers5_fresh_process(outputs):
