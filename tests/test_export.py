@@ -147,6 +147,20 @@ def test_norm_head_folded_by_default(baichuan, capsys):
     torch.testing.assert_close(load_logits(folded), load_logits(raw), atol=1e-5, rtol=1e-5)
 
 
+def test_a_plain_linear_head_gives_the_logits_only_when_folded(baichuan):
+    """What llama.cpp's converter does with Baichuan2: lm_head.weight becomes output.weight of a plain linear
+    head (no normalisation). Logits h @ W.T from the stored head equal the model's for the default export."""
+    base, adapter, root = baichuan
+    folded = export(str(root / "plain-folded"), adapter=str(adapter), dtype="fp32")
+    raw = export(str(root / "plain-raw"), adapter=str(adapter), dtype="fp32", fold_head=False)
+    model = AutoModelForCausalLM.from_pretrained(str(folded), dtype=torch.float32).eval()
+    with torch.no_grad():
+        hidden = model.model(input_ids=INPUT_IDS % model.config.vocab_size).last_hidden_state
+    expected = logits_of(model)
+    torch.testing.assert_close(hidden @ stored_head(folded).T, expected, atol=1e-5, rtol=1e-5)
+    assert (hidden @ stored_head(raw).T - expected).abs().max() > 1e-2
+
+
 def test_reexport_full_model_folds_the_head(baichuan):
     base, _, root = baichuan
     out = export(str(root / "base-folded"), model=str(base))
