@@ -113,73 +113,81 @@ class BaichuanTokenizer(PreTrainedTokenizer):
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
-    def apply_chat_template(self, conversation, *args, **kwargs):
-        """transformers' apply_chat_template, except for `return_assistant_tokens_mask=True`: transformers
-        locates the `{% generation %}` spans with token offsets, which a slow tokenizer has none of, so here
-        the rendered text is encoded piece by piece at the span boundaries (checked to give the same ids as
-        encoding it whole)."""
-        if not kwargs.get("return_assistant_tokens_mask") or args:
-            return super().apply_chat_template(conversation, *args, **kwargs)
-        return self._chat_with_assistant_masks(conversation, **kwargs)
+    if hasattr(PreTrainedTokenizer, "apply_chat_template"):  # transformers >= 4.34
 
-    def _chat_with_assistant_masks(
-        self,
-        conversation,
-        chat_template=None,
-        tools=None,
-        documents=None,
-        add_generation_prompt=False,
-        tokenize=True,
-        return_dict=True,
-        return_tensors=None,
-        return_assistant_tokens_mask=True,
-        **kwargs,
-    ):
-        from transformers.tokenization_utils_base import BatchEncoding
-        from transformers.utils.chat_template_utils import render_jinja_template
+        def apply_chat_template(self, conversation, *args, **kwargs):
+            """transformers' apply_chat_template, except for `return_assistant_tokens_mask=True`: transformers
+            locates the `{% generation %}` spans with token offsets, which a slow tokenizer has none of, so here
+            the rendered text is encoded piece by piece at the span boundaries (checked to give the same ids as
+            encoding it whole)."""
+            if not kwargs.get("return_assistant_tokens_mask") or args:
+                return super().apply_chat_template(conversation, *args, **kwargs)
+            return self._chat_with_assistant_masks(conversation, **kwargs)
 
-        if not (tokenize and return_dict):
-            raise ValueError(
-                "`return_assistant_tokens_mask=True` requires `return_dict=True` and `tokenize=True`"
-            )
-        options = ("padding", "truncation", "max_length", "continue_final_message", "sanitize_control_tokens")
-        unsupported = [name for name in options if kwargs.pop(name, None)]
-        if unsupported or kwargs.pop("tokenizer_kwargs", None):
-            raise ValueError(
-                f"BaichuanTokenizer: return_assistant_tokens_mask cannot be combined with {unsupported}"
-            )
-        batched = isinstance(conversation[0], (list, tuple))
-        rendered, spans = render_jinja_template(
-            conversations=conversation if batched else [conversation],
-            tools=tools,
-            documents=documents,
-            chat_template=self.get_chat_template(chat_template, tools),
+        def _chat_with_assistant_masks(
+            self,
+            conversation,
+            chat_template=None,
+            tools=None,
+            documents=None,
+            add_generation_prompt=False,
+            tokenize=True,
+            return_dict=True,
+            return_tensors=None,
             return_assistant_tokens_mask=True,
-            add_generation_prompt=add_generation_prompt,
-            **{**self.special_tokens_map, **kwargs},
-        )
-        input_ids, masks = [], []
-        for text, text_spans in zip(rendered, spans):
-            bounds = [0] + [i for span in text_spans for i in span] + [len(text)]
-            ids, mask = [], []
-            for k in range(len(bounds) - 1):
-                piece_ids = self.encode(text[bounds[k] : bounds[k + 1]], add_special_tokens=False)
-                ids += piece_ids
-                mask += [k % 2] * len(piece_ids)  # odd pieces are the generation spans
-            if ids != self.encode(text, add_special_tokens=False):
+            **kwargs,
+        ):
+            from transformers.tokenization_utils_base import BatchEncoding
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            if not (tokenize and return_dict):
                 raise ValueError(
-                    "BaichuanTokenizer: a {% generation %} span does not start or end on a token boundary"
+                    "`return_assistant_tokens_mask=True` requires `return_dict=True` and `tokenize=True`"
                 )
-            input_ids.append(ids)
-            masks.append(mask)
-        data = {
-            "input_ids": input_ids,
-            "attention_mask": [[1] * len(ids) for ids in input_ids],
-            "assistant_masks": masks,
-        }
-        if not batched and return_tensors is None:
-            data = {key: value[0] for key, value in data.items()}
-        return BatchEncoding(data, tensor_type=return_tensors)
+            options = (
+                "padding",
+                "truncation",
+                "max_length",
+                "continue_final_message",
+                "sanitize_control_tokens",
+            )
+            unsupported = [name for name in options if kwargs.pop(name, None)]
+            if unsupported or kwargs.pop("tokenizer_kwargs", None):
+                raise ValueError(
+                    f"BaichuanTokenizer: return_assistant_tokens_mask cannot be combined with {unsupported}"
+                )
+            batched = isinstance(conversation[0], (list, tuple))
+            rendered, spans = render_jinja_template(
+                conversations=conversation if batched else [conversation],
+                tools=tools,
+                documents=documents,
+                chat_template=self.get_chat_template(chat_template, tools),
+                return_assistant_tokens_mask=True,
+                add_generation_prompt=add_generation_prompt,
+                **{**self.special_tokens_map, **kwargs},
+            )
+            input_ids, masks = [], []
+            for text, text_spans in zip(rendered, spans):
+                bounds = [0] + [i for span in text_spans for i in span] + [len(text)]
+                ids, mask = [], []
+                for k in range(len(bounds) - 1):
+                    piece_ids = self.encode(text[bounds[k] : bounds[k + 1]], add_special_tokens=False)
+                    ids += piece_ids
+                    mask += [k % 2] * len(piece_ids)  # odd pieces are the generation spans
+                if ids != self.encode(text, add_special_tokens=False):
+                    raise ValueError(
+                        "BaichuanTokenizer: a {% generation %} span does not start or end on a token boundary"
+                    )
+                input_ids.append(ids)
+                masks.append(mask)
+            data = {
+                "input_ids": input_ids,
+                "attention_mask": [[1] * len(ids) for ids in input_ids],
+                "assistant_masks": masks,
+            }
+            if not batched and return_tensors is None:
+                data = {key: value[0] for key, value in data.items()}
+            return BatchEncoding(data, tensor_type=return_tensors)
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
         bos = [self.bos_token_id] if self.add_bos_token else []
