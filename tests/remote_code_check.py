@@ -6,7 +6,8 @@ torch and transformers (.venv on transformers 5, .venv-official on transformers 
 
 PLAN: {"models": [{"name", "path", "adapter"?}], "tokenizers": [{"name", "path"}], "input_ids",
 "padded": {"input_ids", "attention_mask"}, "greedy" (GenerationConfig fields), "texts", "chats"}. RESULT (torch.save): per model,
-logits per attention backend, padded-batch logits, greedy generation (ids and per-step scores, KV cache on);
+logits per attention backend, padded-batch logits, greedy generation (ids and per-step scores, KV cache on),
+and (not for adapters) the loss and a gradient of a training step with gradient checkpointing;
 per tokenizer, ids and decoded text of each text and, where transformers has chat templates, each chat's
 generation prompt ids and its ids with assistant masks; and the names of any `finetune` modules imported (there must be none).
 """
@@ -59,7 +60,20 @@ def model_results(spec, plan):
         out[f"generated_{attn}"] = generated.sequences
         out[f"scores_{attn}"] = torch.stack(generated.scores)
         out["class"] = type(transformers_model).__module__
+    if not spec.get("adapter"):
+        out["loss"], out["grad"] = training_step(load_model(spec, "sdpa"), ids)
     return out
+
+
+def training_step(model, ids):
+    """Loss and the first layer's W_pack gradient of a training forward with gradient checkpointing, as a
+    fine-tune from this directory on that transformers would run it."""
+    model.train()
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), model.model.layers[0].self_attn.W_pack.weight.grad
 
 
 def tokenizer_results(spec, plan):

@@ -3,13 +3,15 @@ download and an adapter on it, loaded in a fresh process without `import finetun
 `trust_remote_code=True` (the portable remote code) on transformers 5 (.venv) and on transformers 4.33.3 with
 peft 0.13 (.venv-official, the official stack) — logits, padded batches and KV-cache greedy generation equal
 to the native model's, 7B (RoPE) and 13B (ALiBi), sdpa and eager; token ids and decoding equal to the native
-tokenizer's; the chat template equal to the official prompt builder.
+tokenizer's; the chat template equal to the official prompt builder; a training step with gradient
+checkpointing gives the native loss and gradients there too.
 
 fp32 throughout. Tolerance 1e-5 on logits of magnitude ~1-10: the portable code performs the native model's
 operations in the same order, so the only differences are those between the sdpa and eager kernels
 (~1e-6 here); any real difference (a position, a slope, the head) moves logits by far more.
 """
 
+import ast
 import json
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import finetune  # noqa: F401  (registers the native Baichuan classes)
 from finetune.data.templates import build_chat_prompt
 from finetune.export import export, make_portable
 from finetune.loading import load_tokenizer
+from finetune.models.baichuan.portable import DIRECTORY as PORTABLE_DIR
 from finetune.models.baichuan.portable import REMOTE_CODE_FILES
 from finetune.outputs import complete_model_dir
 from finetune.tiny import write_tiny_checkpoint
@@ -128,12 +131,18 @@ def native_reference(model) -> dict:
             output_scores=True,
             return_dict_in_generate=True,
         )
-        return {
+        reference = {
             "logits": model(input_ids=torch.tensor(INPUT_IDS)).logits,
             "padded": model(input_ids=padded_ids, attention_mask=padded_mask).logits,
             "generated": generated.sequences,
             "scores": torch.stack(generated.scores),
         }
+    if not isinstance(model, PeftModel):
+        model.train()
+        loss = model(input_ids=torch.tensor(INPUT_IDS), labels=torch.tensor(INPUT_IDS)).loss
+        loss.backward()
+        reference |= {"loss": loss.detach(), "grad": model.model.layers[0].self_attn.W_pack.weight.grad}
+    return reference
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +226,9 @@ def assert_models_equal(results: dict, reference: dict) -> None:
             )
             assert got[f"generated_{attn}"].tolist() == expected["generated"].tolist(), (name, attn)
             torch.testing.assert_close(got[f"scores_{attn}"], expected["scores"], atol=ATOL, rtol=0)
+        if "loss" in expected:  # training on that stack: same loss and gradients, checkpointing on
+            torch.testing.assert_close(got["loss"], expected["loss"], atol=ATOL, rtol=0)
+            torch.testing.assert_close(got["grad"], expected["grad"], atol=ATOL, rtol=1e-4)
 
 
 def assert_tokenizers_equal(results: dict, tokenizers: dict) -> None:
@@ -264,3 +276,18 @@ def test_official_stack_fresh_process(outputs):
     assert results["transformers"] == "4.33.3" and results["finetune_modules"] == []
     assert_models_equal(results, reference)
     assert_tokenizers_equal(results, tokenizers)
+
+
+def test_remote_code_imports_nothing_of_this_repository():
+    """The shipped files import only the standard library, torch, transformers, sentencepiece and each other."""
+    allowed = {"torch", "transformers", "sentencepiece"} | set(sys.stdlib_module_names)
+    for name in REMOTE_CODE_FILES:
+        tree = ast.parse((PORTABLE_DIR / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            assert {m.split(".")[0] for m in modules} <= allowed, (name, modules)
