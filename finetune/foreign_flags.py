@@ -114,7 +114,8 @@ def cpu_launch_rules(args) -> None:
         )
         args.fsdp, args.fsdp_config = None, None
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1 and not args.deepspeed and not args.use_cpu:
+    launched = "LOCAL_RANK" in os.environ and "MASTER_ADDR" in os.environ  # by torchrun (or a like launcher)
+    if world_size > 1 and launched and not args.deepspeed and not args.use_cpu:
         # Without it transformers sets up no process group on a CPU host: each rank would train alone.
         logger.warning("%d CPU ranks (torchrun): --use_cpu True, data parallel over gloo", world_size)
         args.use_cpu = True
