@@ -277,15 +277,16 @@ def export(
     shards = write_safetensors_shards(tensors, output_dir, max_shard_size)
     write_config(source, output_dir, target)
     copied, left_out = copy_model_files(source, output_dir, remote_code=not baichuan)
+    marked = False
     if baichuan:
         copied += ship_remote_code(output_dir)
-        if (output_dir / "tokenizer_config.json").is_file():
-            mark_tokenizer_files(output_dir)
+        marked = mark_tokenizer_files(output_dir)
         left_out = [name for name in left_out if name not in REMOTE_CODE_FILES]
     what = f"merged {adapter} into {source}" if adapter else f"re-exported {source}"
     print(
         f"{what}: {len(tensors)} tensors ({DTYPE_NAMES[target]}{', NormHead folded' if fold_head else ''}) "
         f"in {len(shards)} safetensors shard(s) + config.json + {', '.join(copied) or 'no other files'} → {output_dir}"
+        + ("; special tokens marked, chat template added" if marked else "")
         + (f"; left out (not a known model file): {', '.join(left_out)}" if left_out else "")
     )
     return output_dir

@@ -53,5 +53,4 @@ def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
         )
     if is_baichuan_dir(output_dir):
         ship_remote_code(output_dir)
-        if (output_dir / "tokenizer_config.json").is_file():
-            mark_tokenizer_files(output_dir)
+        mark_tokenizer_files(output_dir)

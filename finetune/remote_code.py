@@ -30,6 +30,7 @@ from finetune.models.baichuan.portable import (
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+TOKENIZER_MODEL = "tokenizer.model"
 USER_TOKEN = "<reserved_106>"
 ASSISTANT_TOKEN = "<reserved_107>"
 # id -> content of every token marked special; the ids are fixed by the Baichuan2 SentencePiece model.
@@ -104,9 +105,25 @@ def _token(content: str) -> dict[str, Any]:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 
 
-def mark_tokenizer_files(model_dir: str | Path) -> None:
-    """Mark the special tokens and add the chat template in ``model_dir``'s tokenizer files (in place)."""
+def has_special_pieces(sp_model_path: Path) -> bool:
+    """Whether the SentencePiece model holds the marked pieces at their ids (every Baichuan2 one does; the marks
+    name ids, so another layout must not get them)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model_path))
+    return all(
+        i < sp.get_piece_size() and sp.id_to_piece(i) == content for i, content in SPECIAL_TOKENS.items()
+    )
+
+
+def mark_tokenizer_files(model_dir: str | Path) -> bool:
+    """Mark the special tokens and add the chat template in ``model_dir``'s tokenizer files (in place). Returns
+    False, changing nothing, when there are no tokenizer files with the Baichuan2 special-token layout."""
     model_dir = Path(model_dir)
+    if not (model_dir / TOKENIZER_CONFIG).is_file() or not (model_dir / TOKENIZER_MODEL).is_file():
+        return False
+    if not has_special_pieces(model_dir / TOKENIZER_MODEL):
+        return False
     config = _read(model_dir / TOKENIZER_CONFIG)
     config["added_tokens_decoder"] = {
         **config.get("added_tokens_decoder", {}),
@@ -120,3 +137,4 @@ def mark_tokenizer_files(model_dir: str | Path) -> None:
         tokens_map = _read(model_dir / SPECIAL_TOKENS_MAP)
         tokens_map["additional_special_tokens"] = markers
         _write(model_dir / SPECIAL_TOKENS_MAP, tokens_map)
+    return True
