@@ -50,4 +50,4 @@ test-multinode: setup
 	bash tests/multinode/run.sh
 
 clean:
-	rm -rf output .cache .venv-official
+	rm -rf output .cache
