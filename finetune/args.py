@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from transformers.utils import is_torch_tf32_available, logging
 from .data.options import DataOptions
 from .devices import cpu_has_bf16_matmul, default_ddp_backend, has_accelerator
 from .distributed import init_cpu_deepspeed_state, needs_cpu_deepspeed_state
+from .foreign_flags import check_world_size, cpu_launch_rules, translate_foreign_flags
 
 OFFICIAL_LORA_TARGETS = ["W_pack"]
 
@@ -108,6 +110,7 @@ class TrainingArguments(transformers.TrainingArguments):
     )
 
     def __post_init__(self):
+        cpu_launch_rules(self)  # torchrun / --fsdp on CPU ranks (finetune/foreign_flags.py)
         if self.warmup_ratio is not None:
             if not 0.0 <= self.warmup_ratio < 1.0:
                 raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -206,6 +209,8 @@ def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, LoraArguments, TrainingArguments]:
     parser = build_parser()
+    # FastChat's flags (finetune/foreign_flags.py)
+    argv = translate_foreign_flags(sys.argv[1:] if argv is None else list(argv))
     config_path = _config_flag(argv)
     if config_path is not None:
         apply_config(parser, read_recipe(config_path), config_path)
@@ -240,6 +245,7 @@ def validate(
         )
     if training_args.bf16 and training_args.fp16:
         raise ConfigError("give --bf16 or --fp16, not both")
+    check_world_size(training_args)
     if not (math.isfinite(data_args.val_size) and data_args.val_size >= 0):
         raise ConfigError(f"--val_size must be a fraction (<1) or a count (>=1), got {data_args.val_size}")
 

@@ -217,13 +217,19 @@ class Chat:
         template: str | None = None,
         greedy: bool = False,
         max_new_tokens: int | None = None,
+        allow_base_mismatch: bool = False,
     ) -> Chat:
         """Load a base, full fine-tuned or adapter directory. ``dtype``: auto (the checkpoint's), bf16, fp16,
         fp32; ``device``: cuda, npu, cpu… (default: the accelerator when there is one)."""
         from finetune.devices import device_type
 
         path = str(path)
-        model = load_model_for_inference(path, dtype=parse_dtype(dtype), device=device or device_type())
+        model = load_model_for_inference(
+            path,
+            dtype=parse_dtype(dtype),
+            device=device or device_type(),
+            allow_base_mismatch=allow_base_mismatch,
+        )
         tokenizer = load_tokenizer(path)
         config = generation_settings(checkpoint_generation_values(path), tokenizer, greedy, max_new_tokens)
         # generate() fills what a passed config leaves unset from the model's own; make them one and the same
@@ -382,6 +388,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", help="cuda, npu, cpu, cuda:1… (default: the accelerator when there is one)"
     )
+    parser.add_argument(
+        "--allow_base_mismatch", action="store_true", help="load an adapter onto a base it was not trained on"
+    )
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error("--max_new_tokens must be at least 1")
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             template=args.template,
             greedy=args.greedy,
             max_new_tokens=args.max_new_tokens,
+            allow_base_mismatch=args.allow_base_mismatch,
         )
     except (DataError, OSError, ValueError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)

@@ -76,6 +76,7 @@ def evaluate(
     batch_size: int = 4,
     dtype: str = "auto",
     device: str | None = None,
+    allow_base_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``options.data_path``; returns the metrics with the settings that produced them."""
     from finetune.devices import device_type
@@ -86,7 +87,12 @@ def evaluate(
     dataset, report = build_dataset(
         tokenizer, options, model_max_length, cache_dir=None, model_type=model_type_of(model_path)
     )
-    model = load_model_for_inference(model_path, dtype=parse_dtype(dtype), device=device or device_type())
+    model = load_model_for_inference(
+        model_path,
+        dtype=parse_dtype(dtype),
+        device=device or device_type(),
+        allow_base_mismatch=allow_base_mismatch,
+    )
     samples = dataset.select_columns(["input_ids", "labels"]).to_list()
     collator = DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id)
     metrics = evaluate_loss(model, length_sorted_batches(samples, batch_size, collator))
@@ -117,6 +123,9 @@ class EvaluateArguments:
         default=None, metadata={"help": "cuda, npu, cpu… (default: the accelerator when there is one)"}
     )
     output: str | None = field(default=None, metadata={"help": "also write the metrics to this JSON file"})
+    allow_base_mismatch: bool = field(
+        default=False, metadata={"help": "load an adapter onto a base it was not trained on"}
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, DataOptions]:
@@ -141,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             dtype=args.dtype,
             device=args.device,
+            allow_base_mismatch=args.allow_base_mismatch,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .adapter_files import check_adapter_base
 from .args import LoraArguments, ModelArguments, TrainingArguments
 from .devices import device_type
 
@@ -154,8 +155,11 @@ def load_model_for_inference(
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
+    allow_base_mismatch: bool = False,
 ) -> PreTrainedModel:
-    """A base, full fine-tuned or LoRA adapter directory, ready for generation (eval mode, KV cache on)."""
+    """A base, full fine-tuned or LoRA adapter directory, ready for generation (eval mode, KV cache on). An
+    adapter whose recorded base fingerprint does not match the base it names is an error unless
+    ``allow_base_mismatch``."""
     kwargs = {
         "dtype": dtype,
         "attn_implementation": attn_implementation,
@@ -164,6 +168,11 @@ def load_model_for_inference(
     if is_adapter_dir(path):
         from peft import AutoPeftModelForCausalLM
 
+        from .outputs import local_model_dir
+
+        base_dir = local_model_dir(adapter_base(path))
+        if base_dir is not None:
+            check_adapter_base(path, base_dir, allow_base_mismatch)
         model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

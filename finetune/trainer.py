@@ -13,6 +13,7 @@ import time
 import torch
 from transformers import Trainer
 
+from .adapter_files import finish_adapter_dir
 from .data.constants import IGNORE_INDEX
 from .outputs import complete_model_dir, local_model_dir
 
@@ -82,12 +83,14 @@ class SFTTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
-        if (
-            self.args.should_save
-            and self._base_model_dir is not None
-            and not hasattr(self.model, "peft_config")
-        ):
-            complete_model_dir(output_dir or self.args.output_dir, self._base_model_dir)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        if hasattr(self.model, "peft_config"):
+            # Readable by the peft of the official stack, and tied to the base it was trained on.
+            finish_adapter_dir(output_dir, self._base_model_dir)
+        elif self._base_model_dir is not None:
+            complete_model_dir(output_dir, self._base_model_dir)
 
     def _throughput(self) -> dict[str, float]:
         """Rates over all ranks since the last log; every rank logs at the same step, so the reduce matches."""
