@@ -30,9 +30,17 @@ import torch
 import transformers
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from finetune import exits
 from finetune.data.formats import DataError
 from finetune.data.templates import build_chat_prompt, resolve_template
-from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
+from finetune.loading import (
+    LoadError,
+    adapter_base,
+    is_adapter_dir,
+    load_model_for_inference,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 # BAICHUAN2_SPEC.md §5: the generation_config.json of the official Chat checkpoints.
 OFFICIAL_CHAT_DEFAULTS: dict[str, Any] = {
@@ -149,7 +157,7 @@ class Chat:
         fp32; ``device``: cuda, npu, cpu… (default: the accelerator when there is one)."""
         from finetune.devices import device_type
 
-        path = str(path)
+        path = resolve_model_path(str(path))
         model = load_model_for_inference(path, dtype=DTYPES[dtype], device=device or device_type())
         tokenizer = load_tokenizer(path)
         config = generation_settings(checkpoint_generation_values(path), tokenizer, greedy, max_new_tokens)
@@ -289,9 +297,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     transformers.utils.logging.disable_progress_bar()  # the weight-loading bar would interleave with the chat
-    if not Path(args.model).is_dir():
-        print(f"error: {args.model}: not a directory", file=sys.stderr)
-        return 1
     try:
         chat = Chat.from_pretrained(
             args.model,
@@ -301,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             greedy=args.greedy,
             max_new_tokens=args.max_new_tokens,
         )
+    except LoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exits.BAD_INPUT
     except (DataError, OSError, ValueError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
-        return 1
+        return exits.BAD_INPUT
     if args.prompt is None:
         conversation_loop(chat, args.system)
         return 0

@@ -24,11 +24,18 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from finetune import exits
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
 from finetune.data.dataset import build_dataset
 from finetune.data.formats import DataError
-from finetune.loading import load_model_for_inference, load_tokenizer, model_type_of
+from finetune.loading import (
+    LoadError,
+    load_model_for_inference,
+    load_tokenizer,
+    model_type_of,
+    resolve_model_path,
+)
 
 DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -140,12 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     transformers.utils.logging.disable_progress_bar()
-    if not Path(args.model).is_dir():
-        print(f"error: {args.model}: not a directory", file=sys.stderr)
-        return 1
     try:
         result = evaluate(
-            args.model,
+            resolve_model_path(args.model),
             args.data_path,
             model_max_length=args.model_max_length,
             batch_size=args.batch_size,
@@ -156,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             device=args.device,
         )
-    except DataError as e:
+    except (DataError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2  # bad data, as finetune.sft and finetune.preprocess
+        return exits.BAD_INPUT
     except (OSError, ValueError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
-        return 1
+        return exits.BAD_INPUT
     print(
         f"eval loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  over {result['tokens']} supervised "
         f"tokens in {result['samples']} samples ({result['records_read']} records read)"
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output).write_text(
             json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

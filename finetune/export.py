@@ -25,7 +25,15 @@ from pathlib import Path
 
 import torch
 
-from finetune.loading import adapter_base, is_adapter_dir
+from finetune import exits
+from finetune.loading import (
+    LoadError,
+    adapter_base,
+    check_model_dir,
+    is_adapter_dir,
+    load_errors,
+    require_finite,
+)
 from finetune.outputs import local_model_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -85,13 +93,20 @@ def load_merged(model_dir: Path, adapter: str | None, dtype: torch.dtype) -> tor
     """The model of ``model_dir`` in ``dtype``, with ``adapter`` merged into its weights when given."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    check_model_dir(model_dir)
+    with load_errors(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    require_finite(model, model_dir)
     if adapter is not None:
         from peft import PeftModel
 
+        check_model_dir(adapter)
+        with load_errors(adapter):
+            model = PeftModel.from_pretrained(model, adapter)
+        require_finite(model, adapter)  # names the adapter's own tensor, before the merge hides it
         # The merge runs in the export dtype, so a bf16 base is not held twice in fp32 (peft forms each B·A
         # in fp32 on CPU, then rounds once when adding it); --dtype fp32 merges exactly.
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = model.merge_and_unload()
     return model.eval()
 
 
@@ -272,10 +287,13 @@ def main(argv: list[str] | None = None) -> int:
             fold_head=args.fold_norm_head,
             max_shard_size=args.max_shard_size,
         )
-    except (ExportError, OSError, ValueError) as e:  # unreadable or mismatched checkpoints included
+    except (ExportError, LoadError, ValueError) as e:  # unreadable or mismatched checkpoints included
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return exits.BAD_INPUT
+    except OSError as e:  # writing the output: a full disk, permissions
+        print(f"error: writing {args.output} failed: {e}", file=sys.stderr)
+        return exits.FAILED
+    return exits.OK
 
 
 if __name__ == "__main__":
