@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .checkpoints import STAGING_PREFIX, checkpoints_of
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
 # What a training run writes into its output directory; only these are deleted by --overwrite_output_dir.
@@ -175,20 +177,23 @@ def write_manifest(output_dir: str | Path, identity: dict[str, Any], status: str
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {**identity, "status": status, "started": recorded.get("started", now), "updated": now}
     text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f"{STAGING_PREFIX}{MANIFEST}.")
+    tmp = output_dir / f"{STAGING_PREFIX}{MANIFEST}.{os.getpid()}"  # written beside it, then renamed over it
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, output_dir / MANIFEST)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def set_status(output_dir: str | Path, status: str) -> None:
-    """Update the status in run.json, keeping the identity (no-op without a manifest)."""
+    """Update the status in run.json, keeping the identity (no-op without a manifest). Best effort: on a full
+    disk the run is already failing with its own message."""
     recorded = read_manifest(Path(output_dir))
-    if recorded is not None:
-        write_manifest(
-            output_dir, {k: recorded[k] for k in ("base_model", *_IDENTITY) if k in recorded}, status
-        )
+    if recorded is None:
+        return
+    identity = {k: recorded[k] for k in ("base_model", *_IDENTITY) if k in recorded}
+    try:
+        write_manifest(output_dir, identity, status)
+    except OSError as e:
+        logger.warning("run.json status not updated to %s: %s", status, e)

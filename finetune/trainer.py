@@ -37,6 +37,9 @@ from .preemption import StopRequest
 
 logger = logging.getLogger(__name__)
 
+# How a write that did not complete surfaces: torch.save's stream writer, safetensors' IoError, errno 28.
+SHORT_WRITE = ("unexpected pos", "file write failed", "StorageFull", "os error 28", "No space left")
+
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(all, trainable) parameter counts, also for ZeRO-3 partitioned and 4-bit packed parameters."""
@@ -200,7 +203,7 @@ class SFTTrainer(Trainer):
             if best_step and (best_step == self.state.global_step or best.exists()):
                 self.state.best_model_checkpoint = str(best)
         staging = staging_path(final)
-        with self._staged(staging, final):
+        with self._staged(staging, f"checkpoint {final}"):
             self.save_model(str(staging), _internal_call=True)
             if not self.args.save_only_model:
                 self._save_optimizer_and_scheduler(str(staging))
@@ -240,7 +243,7 @@ class SFTTrainer(Trainer):
         self._require_finite_weights("the final model")
         output_dir = Path(self.args.output_dir)
         staging = output_dir / ".staging-final"
-        with self._staged(staging, output_dir):
+        with self._staged(staging, f"the final model into {output_dir}"):
             self.save_model(str(staging))
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
@@ -255,9 +258,9 @@ class SFTTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     @contextlib.contextmanager
-    def _staged(self, staging: Path, final: Path):
+    def _staged(self, staging: Path, what: str):
         """Around a save into `staging`: clear what an interrupted attempt left there first; on any failure
-        remove it, and turn a write error (disk full, I/O) into one `SaveError` line naming `final`."""
+        remove it, and turn a write error (disk full, I/O) into one `SaveError` line naming `what`."""
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
@@ -269,8 +272,10 @@ class SFTTrainer(Trainer):
             if not isinstance(error, Exception) or isinstance(error, DivergedError):
                 raise
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if any(sign in detail for sign in SHORT_WRITE) and "No space left" not in detail:
+                detail += " (a write was cut short: the disk is probably full)"
             raise SaveError(
-                f"saving {final} failed: {detail} (free space there: {free_space(final)}); nothing of this save "
+                f"saving {what} failed: {detail} (free space there: {free_space(staging)}); nothing of this save "
                 f"was kept; {self._last_good()}"
             ) from error
 
