@@ -226,6 +226,7 @@ def export(
         raise ExportError(f"{source}: not a model directory (no config.json)")
     output_dir = Path(output)
     check_output_dir(output_dir, [source] + ([Path(adapter)] if adapter else []))
+    check_model_dir(source)  # names a truncated or corrupt file before anything reads it
     names = checkpoint_tensor_names(source)
     if fold_head and LM_HEAD not in names:
         raise ExportError(f"{source}: --fold_norm_head needs a checkpoint with {LM_HEAD}")

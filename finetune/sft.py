@@ -49,6 +49,7 @@ from finetune.distributed import finish_distributed
 from finetune.finite import DivergedError
 from finetune.loading import (
     LoadError,
+    check_model_dir,
     load_config,
     load_model_for_training,
     load_tokenizer,
@@ -314,6 +315,8 @@ def run(argv: list[str] | None, stop: StopRequest) -> int:
         model_args.model_name_or_path = resolve_model_path(
             model_args.model_name_or_path, training_args.cache_dir
         )
+        # Its files are checked now (headers only), so a broken base fails in seconds, not after tokenizing.
+        check_model_dir(model_args.model_name_or_path, model_args.trust_remote_code)
         sources = resolve_data_files(data_args.data_path)
         if data_args.eval_data_path:
             sources += resolve_data_files(data_args.eval_data_path)
