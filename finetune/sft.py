@@ -38,7 +38,13 @@ import finetune  # noqa: F401  (registers the native Baichuan2 classes)
 from finetune import exits
 from finetune.args import ConfigError, parse_args, wants_lora
 from finetune.callbacks import LossCurveCallback
-from finetune.checkpoints import SaveError, checkpoint_problem, newest_intact_checkpoint, remove_staging
+from finetune.checkpoints import (
+    SaveError,
+    checkpoint_problem,
+    checkpoints_of,
+    newest_intact_checkpoint,
+    remove_staging,
+)
 from finetune.compile import compile_for_training
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.dataset import build_dataset, format_report, format_sample, write_report
@@ -237,9 +243,10 @@ def prepare_output_dir(training_args, identity: dict) -> str | None:
     resume = resume_target(training_args)
     to_delete = check_output_dir(output_dir, identity, resume is not None, training_args.overwrite_output_dir)
     if (
-        resume is not None
+        training_args.should_log
+        and resume
         and read_manifest(output_dir) is None
-        and newest_intact_checkpoint(output_dir, 1)[0]
+        and checkpoints_of(output_dir)
     ):
         logger.warning(
             "%s has no run.json (an older version wrote it): cannot check it is the same run", output_dir
@@ -267,7 +274,7 @@ def prepare_output_dir(training_args, identity: dict) -> str | None:
             raise OutputDirError(f"--resume_from_checkpoint {resume}: {problem}")
         return resume
     checkpoint, skipped = newest_intact_checkpoint(output_dir, world_size)
-    for line in skipped:
+    for line in skipped if training_args.should_log else ():  # every rank checks; one says so
         logger.warning("skipping damaged checkpoint %s", line)
     if checkpoint is None and skipped:
         raise OutputDirError(
