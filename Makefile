@@ -22,8 +22,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: setup
 	bash scripts/demo.sh
 
+# The page test drives Debian's headless Chromium: installed here when missing (as root; it skips otherwise).
 test: setup
-	$(PY) -m pytest -q
+	bash tests/browser/install.sh
+	$(PY) -m pytest -q --durations=10
 
 lint: setup
 	.venv/bin/ruff check .

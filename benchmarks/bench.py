@@ -44,7 +44,9 @@ import torch
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
 from finetune.data.dataset import build_dataset
+from finetune.data.options import DataOptions
 from finetune.data.packing import pack_dataset
+from finetune.jsonfile import write_json
 from finetune.loading import load_tokenizer
 from finetune.tiny import random_state_dict, write_tiny_checkpoint, write_weights
 
@@ -53,7 +55,7 @@ SAMPLE_DATA = REPO / "data" / "sample_chat.json"
 SFT_SCRIPT = REPO / "finetune" / "sft.py"
 OFFICIAL_VOCAB_SIZE = 125696
 MAX_LENGTH = 512  # the official model_max_length
-# The official optimizer settings (BAICHUAN2_SPEC.md §2.6); they do not change the speed, only make it honest.
+# The official optimizer settings (docs/BAICHUAN2.md, "The official command line"); they do not change the speed, only make it honest.
 ADAMW = {"lr": 2e-5, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 1e-4}
 MAX_GRAD_NORM = 1.0
 # Imported once by the fork server. Not this module: as `python -m benchmarks.bench` it is re-run in each child as
@@ -131,7 +133,7 @@ def write_checkpoint(directory: Path, model: BenchModel) -> Path:
         return path
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     config["vocab_size"] = model.vocab_size
-    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(path / "config.json", config, sort_keys=True)
     write_weights(random_state_dict(config, seed=0, dtype=torch.float32), path, "bin")
     return path
 
@@ -140,7 +142,7 @@ def write_conversations(source: Path, target: Path, count: int) -> Path:
     """`count` records cycled from `source` (ids made unique), as one JSON list."""
     records = json.loads(source.read_text(encoding="utf-8"))
     cycled = [{**records[i % len(records)], "id": str(i)} for i in range(count)]
-    target.write_text(json.dumps(cycled, ensure_ascii=False), encoding="utf-8")
+    write_json(target, cycled)
     return target
 
 
@@ -185,13 +187,8 @@ def run_case(case: Case) -> dict:
     torch.set_num_threads(case.threads)
     setting = case.setting
     tokenizer = load_tokenizer(case.checkpoint, model_max_length=case.max_length)
-    dataset, _ = build_dataset(
-        tokenizer,
-        case.data_path,
-        model_max_length=case.max_length,
-        truncation=setting.truncation,
-        cache_dir=None,
-    )
+    options = DataOptions(data_path=[case.data_path], truncation=setting.truncation)
+    dataset, _ = build_dataset(tokenizer, options, case.max_length, cache_dir=None)
     packing_efficiency = None
     if setting.layout == "packed":
         dataset, stats = pack_dataset(dataset, case.max_length)
@@ -253,15 +250,15 @@ def run_tokenize(checkpoint: str, data_path: str, conversations: int) -> dict:
     quiet_progress_bars()
     tokenizer = load_tokenizer(checkpoint, model_max_length=MAX_LENGTH)
     start = time.perf_counter()
-    dataset, report = build_dataset(tokenizer, data_path, model_max_length=MAX_LENGTH, cache_dir=None)
+    dataset, report = build_dataset(tokenizer, DataOptions(data_path=[data_path]), MAX_LENGTH, cache_dir=None)
     seconds = time.perf_counter() - start
     return {
         "conversations": conversations,
         "samples": len(dataset),
-        "tokens": report["tokens"],
+        "tokens": report.tokens,
         "seconds": seconds,
         "conversations_s": conversations / seconds,
-        "tokens_s": report["tokens"] / seconds,
+        "tokens_s": report.tokens / seconds,
         "peak_rss_mib": peak_rss_mib(),
     }
 

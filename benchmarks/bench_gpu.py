@@ -37,7 +37,7 @@ from finetune.models.baichuan import BaichuanConfig, BaichuanForCausalLM
 from finetune.trainer import training_flops_per_token
 
 GiB = 1024**3
-# Baichuan2-7B-Base config.json (BAICHUAN2_SPEC.md §3.1).
+# Baichuan2-7B-Base config.json (docs/BAICHUAN2.md, "Models").
 BAICHUAN2_7B = {
     "vocab_size": 125696,
     "hidden_size": 4096,
@@ -51,7 +51,7 @@ LORA_RANKS = (16, 1)  # ours, official
 # Activation checkpointing tried in turn until a step fits: off, then every 4th, 2nd, and every layer.
 CHECKPOINT_EVERY = (None, 4, 2, 1)
 # Supervised label shares for the logits/loss memory rows: every position (as in the throughput rows), and the
-# official data's share (about 84% of real tokens are trained, BAICHUAN2_SPEC.md §1.3) in a full packed row.
+# official data's share (about 84% of real tokens are trained, docs/BAICHUAN2.md, "Training data") in a full packed row.
 LABEL_SHARES = (1.0, 0.84)
 
 

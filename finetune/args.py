@@ -1,7 +1,7 @@
 """Command-line schema of `finetune/sft.py`: four dataclasses parsed by `HfArgumentParser`, with
 `--config recipe.yaml` supplying defaults that command-line flags override.
 
-Every flag of the official Baichuan2 `fine-tune.py` keeps its name and meaning (BAICHUAN2_SPEC.md §2.1, §2.6);
+Every flag of the official Baichuan2 `fine-tune.py` keeps its name and meaning (docs/BAICHUAN2.md, "The official command line");
 the official extras (`cache_dir`, `optim`, `model_max_length`, `use_lora`) live on `TrainingArguments`.
 """
 
@@ -13,13 +13,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import transformers
 import yaml
 from transformers import HfArgumentParser
 from transformers.utils import is_torch_tf32_available, logging
 
+from .data.options import DataOptions
 from .devices import cpu_has_bf16_matmul, default_ddp_backend, has_accelerator
 from .distributed import init_cpu_deepspeed_state, needs_cpu_deepspeed_state
 
@@ -52,45 +52,15 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    data_path: list[str] = field(
-        metadata={
-            "help": "Training data: files, directories or globs (json, jsonl, parquet); several allowed."
-        }
-    )
-    data_format: Literal["sharegpt", "openai", "alpaca"] | None = field(
-        default=None,
-        metadata={
-            "help": "Record format; default: detected per file (sharegpt/BELLE, openai messages, alpaca)."
-        },
-    )
-    template: Literal["baichuan2", "chat_template"] | None = field(
-        default=None,
-        metadata={
-            "help": "baichuan2 (the official labels) or chat_template (the tokenizer's own); "
-            "default: baichuan2 for Baichuan models, chat_template otherwise."
-        },
-    )
-    truncation: Literal["turns", "official"] = field(
-        default="turns",
-        metadata={"help": "turns: keep whole turns that fit; official: cut at model_max_length tokens."},
-    )
-    mask: Literal["all_assistant", "last_assistant"] = field(
-        default="all_assistant", metadata={"help": "Train every assistant turn (official) or only the last."}
-    )
-    skip_invalid: bool = field(
-        default=False,
-        metadata={"help": "Drop (and count) malformed records instead of stopping at the first."},
-    )
+class DataArguments(DataOptions):
+    """The data flags every data tool shares (`DataOptions`), and what only training has."""
+
     packing: bool | None = field(
         default=None,
         metadata={
             "help": "Pack samples into model_max_length rows (position_ids restart per sample). "
             "Default: on when the model supports packed rows (Baichuan does), else padding + group_by_length."
         },
-    )
-    preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes for tokenization (datasets num_proc)."}
     )
     eval_data_path: list[str] | None = field(
         default=None, metadata={"help": "Held-out data, same formats as data_path."}
@@ -267,7 +237,7 @@ def known_flags(parser: argparse.ArgumentParser) -> list[str]:
     return [a.dest for a in parser._actions if a.dest not in ("help", "config")]
 
 
-def load_config(path: str | Path) -> dict:
+def read_recipe(path: str | Path) -> dict:
     """Read a recipe: a flat mapping of flag names to values."""
     path = Path(path)
     try:
@@ -318,7 +288,7 @@ def parse_args(
     parser = build_parser()
     config_path = _config_flag(argv)
     if config_path is not None:
-        apply_config(parser, load_config(config_path), config_path)
+        apply_config(parser, read_recipe(config_path), config_path)
     *dataclasses_, _config_namespace, unknown = parser.parse_args_into_dataclasses(
         args=argv, look_for_args_file=False, return_remaining_strings=True
     )

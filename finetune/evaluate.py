@@ -1,10 +1,10 @@
 """Loss and perplexity of a model on a held-out data file, over exactly the tokens training supervises.
 
     python -m finetune.evaluate --model output/lora --data_path data/held_out.json \\
-        [--model_max_length 512] [--output eval.json]
+        [--model_max_length 512] [--mask last_assistant] [--output eval.json]
 
-The file is read and tokenized as training reads it (same formats, template, truncation policy and labels),
-so the numbers compare with the training loss. ``loss`` is the token mean of the cross-entropy over every
+The file is read and tokenized as training reads it, with `finetune/sft.py`'s data flags (`DataOptions`: format,
+template, truncation policy, masking), so the numbers compare with the training loss when the flags match. ``loss`` is the token mean of the cross-entropy over every
 supervised token of the whole file (not a mean of per-batch or per-sample means): the sum of the
 per-token losses divided by their count. ``perplexity`` is ``exp(loss)``. The model may be a base, full
 fine-tuned or LoRA adapter directory.
@@ -12,23 +12,25 @@ fine-tuned or LoRA adapter directory.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 import transformers
+from transformers import HfArgumentParser
 
 from finetune import exits
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
 from finetune.data.dataset import build_dataset
 from finetune.data.formats import DataError
+from finetune.data.options import DataOptions
+from finetune.dtypes import parse_dtype
+from finetune.jsonfile import write_json
 from finetune.loading import (
     LoadError,
     load_model_for_inference,
@@ -36,8 +38,6 @@ from finetune.loading import (
     model_type_of,
     resolve_model_path,
 )
-
-DTYPES = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def length_sorted_batches(
@@ -77,86 +77,71 @@ def evaluate_loss(model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dic
 
 def evaluate(
     model_path: str,
-    data_path: Sequence[str],
+    options: DataOptions,
     model_max_length: int = 512,
     batch_size: int = 4,
-    template: str | None = None,
-    truncation: str = "turns",
-    data_format: str = "auto",
-    skip_invalid: bool = False,
     dtype: str = "auto",
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model_path`` on ``data_path``; returns the metrics with the settings that produced them."""
+    """Evaluate ``model_path`` on ``options.data_path``; returns the metrics with the settings that produced them."""
     from finetune.devices import device_type
 
     tokenizer = load_tokenizer(model_path, model_max_length=model_max_length)
-    # The data first: a bad record stops the run before any weights are read.
+    # The data first: a bad record stops the run before any weights are read. A held-out file is small next to
+    # the forward passes over it: no cache.
     dataset, report = build_dataset(
-        tokenizer,
-        list(data_path),
-        template=template,
-        model_max_length=model_max_length,
-        truncation=truncation,
-        skip_invalid=skip_invalid,
-        fmt=data_format,
-        cache_dir=None,  # a held-out file is small next to the forward passes over it
-        model_type=model_type_of(model_path),
+        tokenizer, options, model_max_length, cache_dir=None, model_type=model_type_of(model_path)
     )
-    model = load_model_for_inference(model_path, dtype=DTYPES[dtype], device=device or device_type())
+    model = load_model_for_inference(model_path, dtype=parse_dtype(dtype), device=device or device_type())
     samples = dataset.select_columns(["input_ids", "labels"]).to_list()
     collator = DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id)
     metrics = evaluate_loss(model, length_sorted_batches(samples, batch_size, collator))
     return {
         "model": model_path,
-        "data_path": list(data_path),
+        "data_path": list(options.data_path),
         **metrics,
         "samples": len(samples),
-        "records_read": report["records_read"],
-        "dropped": report["dropped"],
-        "truncated": report["truncated"],
-        "template": report["template"],
+        "records_read": report.records_read,
+        "dropped": report.dropped,
+        "truncated": report.truncated,
+        "template": report.template,
         "model_max_length": model_max_length,
-        "truncation": truncation,
+        "truncation": report.truncation,
+        "mask": report.masking,
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="base, full fine-tuned or LoRA adapter directory")
-    parser.add_argument("--data_path", required=True, nargs="+", help="held-out files (json, jsonl, parquet)")
-    parser.add_argument("--model_max_length", type=int, default=512, help="as in training (default 512)")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument(
-        "--template", help="baichuan2 or chat_template (default: baichuan2 for Baichuan models)"
+@dataclass
+class EvaluateArguments:
+    model: str = field(metadata={"help": "base, full fine-tuned or LoRA adapter directory"})
+    model_max_length: int = field(default=512, metadata={"help": "as in training"})
+    batch_size: int = field(default=4)
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto", metadata={"help": "default: the checkpoint's"}
     )
-    parser.add_argument("--truncation", choices=["turns", "official"], default="turns", help="as in training")
-    parser.add_argument("--data_format", default="auto", help="auto, sharegpt, openai or alpaca")
-    parser.add_argument(
-        "--skip_invalid", action="store_true", help="drop malformed records instead of stopping"
+    device: str | None = field(
+        default=None, metadata={"help": "cuda, npu, cpu… (default: the accelerator when there is one)"}
     )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="default: the checkpoint's")
-    parser.add_argument("--device", help="cuda, npu, cpu… (default: the accelerator when there is one)")
-    parser.add_argument("--output", help="also write the metrics to this JSON file")
-    args = parser.parse_args(argv)
+    output: str | None = field(default=None, metadata={"help": "also write the metrics to this JSON file"})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, DataOptions]:
+    parser = HfArgumentParser((EvaluateArguments, DataOptions), prog="python -m finetune.evaluate")
+    args, options = parser.parse_args_into_dataclasses(args=argv)
     if args.model_max_length < 2 or args.batch_size < 1:
         parser.error("--model_max_length must be at least 2 and --batch_size at least 1")
-    return args
+    return args, options
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, options = parse_args(argv)
     transformers.utils.logging.disable_progress_bar()
     try:
         result = evaluate(
             resolve_model_path(args.model),
-            args.data_path,
+            options,
             model_max_length=args.model_max_length,
             batch_size=args.batch_size,
-            template=args.template,
-            truncation=args.truncation,
-            data_format=args.data_format,
-            skip_invalid=args.skip_invalid,
             dtype=args.dtype,
             device=args.device,
         )
@@ -171,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         f"tokens in {result['samples']} samples ({result['records_read']} records read)"
     )
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(
-            json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
+        write_json(args.output, result)
     return exits.OK
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 from finetune import exits
+from finetune.dtypes import DTYPES, config_dtype, config_name
+from finetune.jsonfile import read_json, write_json
 from finetune.loading import (
     LoadError,
     adapter_base,
@@ -36,8 +38,6 @@ from finetune.loading import (
 )
 from finetune.outputs import local_model_dir
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SAFE_INDEX = "model.safetensors.index.json"
@@ -80,13 +80,6 @@ def checkpoint_tensor_names(model_dir: Path) -> list[str]:
             torch.load(model_dir / "pytorch_model.bin", map_location="cpu", mmap=True, weights_only=True)
         )
     raise ExportError(f"{model_dir}: no model weights (safetensors, pytorch_model.bin or an index)")
-
-
-def config_dtype(model_dir: Path) -> torch.dtype:
-    """The dtype a checkpoint's config.json declares (the official release: bfloat16); fp32 when it has none."""
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    name = config.get("torch_dtype") or config.get("dtype") or "float32"
-    return {v: k for k, v in DTYPE_NAMES.items()}.get(name, torch.float32)
 
 
 def load_merged(model_dir: Path, adapter: str | None, dtype: torch.dtype) -> torch.nn.Module:
@@ -168,7 +161,7 @@ def write_safetensors_shards(
         files.append(filename)
     total_size = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total_size}, "weight_map": {n: weight_map[n] for n in tensors}}
-    (output_dir / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_json(output_dir / SAFE_INDEX, index)
     return files
 
 
@@ -193,10 +186,8 @@ def write_config(source: Path, output_dir: Path, dtype: torch.dtype) -> None:
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     # transformers 5 writes "dtype", older readers (the official code, vLLM, FastChat) read "torch_dtype"
     for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
-        config[key] = DTYPE_NAMES[dtype]
-    (output_dir / "config.json").write_text(
-        json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+        config[key] = config_name(dtype)
+    write_json(output_dir / "config.json", config, sort_keys=True)
 
 
 def check_output_dir(output_dir: Path, sources: list[Path]) -> None:
@@ -230,7 +221,7 @@ def export(
     names = checkpoint_tensor_names(source)
     if fold_head and LM_HEAD not in names:
         raise ExportError(f"{source}: --fold_norm_head needs a checkpoint with {LM_HEAD}")
-    target = DTYPES[dtype] if dtype else config_dtype(source)
+    target = DTYPES[dtype] if dtype else config_dtype(read_json(source / "config.json"))
 
     merged = load_merged(source, adapter, target)
     if fold_head and getattr(merged.config, "model_type", None) != "baichuan":
@@ -247,7 +238,7 @@ def export(
     copied = copy_model_files(source, output_dir)
     what = f"merged {adapter} into {source}" if adapter else f"re-exported {source}"
     print(
-        f"{what}: {len(tensors)} tensors ({DTYPE_NAMES[target]}{', NormHead folded' if fold_head else ''}) "
+        f"{what}: {len(tensors)} tensors ({config_name(target)}{', NormHead folded' if fold_head else ''}) "
         f"in {len(shards)} safetensors shard(s) + config.json + {', '.join(copied) or 'no other files'} → {output_dir}"
     )
     return output_dir

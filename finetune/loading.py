@@ -1,4 +1,4 @@
-"""Model and tokenizer loading for training and inference: dtype, attention backend, 4-bit (QLoRA), LoRA.
+"""Model and tokenizer loading for training and inference: dtype, attention backend, 4-bit (QLoRA).
 
 A path may be a base model directory, a full fine-tuned output (same layout as the base) or a LoRA adapter
 directory (adapter_config.json naming its base). `import finetune` has registered the native Baichuan2
@@ -258,7 +258,7 @@ def load_tokenizer(
     return tokenizer
 
 
-def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
+def training_dtype(training_args: TrainingArguments) -> torch.dtype:
     if training_args.bf16:
         return torch.bfloat16
     if training_args.fp16:
@@ -271,7 +271,7 @@ def load_dtype(training_args: TrainingArguments, frozen_base: bool) -> torch.dty
     fp32 would only double the peak) or when they stay frozen (LoRA); full training without DeepSpeed keeps
     fp32 master weights under autocast."""
     if training_args.deepspeed or frozen_base:
-        return compute_dtype(training_args)
+        return training_dtype(training_args)
     return torch.float32
 
 
@@ -281,11 +281,11 @@ def quantization_config(training_args: TrainingArguments) -> BitsAndBytesConfig:
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype(training_args),
+        bnb_4bit_compute_dtype=training_dtype(training_args),
     )
 
 
-def load_config(model_args: ModelArguments, training_args: TrainingArguments) -> PretrainedConfig:
+def load_model_config(model_args: ModelArguments, training_args: TrainingArguments) -> PretrainedConfig:
     path = model_args.model_name_or_path
     if Path(path).is_dir():
         check_config(Path(path), model_args.trust_remote_code)
@@ -332,7 +332,7 @@ def resolve_attn_implementation(requested: str, training_args: TrainingArguments
     handles packed rows and ALiBi without a dense mask; sdpa everywhere else. Any other name is kept."""
     if requested != "auto":
         return requested
-    sixteen_bit = compute_dtype(training_args) != torch.float32
+    sixteen_bit = training_dtype(training_args) != torch.float32
     if device_type() == "cuda" and sixteen_bit and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"

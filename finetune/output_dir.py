@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import STAGING_PREFIX, checkpoints_of
+from .jsonfile import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ RUN_OUTPUTS = (
     "trainer_state.json",
     "training_args.bin",
     "data_report.json",
+    "eval_data_report.json",
     "loss_curve.png",
     "README.md",
     "adapter_config.json",
@@ -176,14 +178,7 @@ def write_manifest(output_dir: str | Path, identity: dict[str, Any], status: str
     recorded = read_manifest(output_dir) or {}
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {**identity, "status": status, "started": recorded.get("started", now), "updated": now}
-    text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
-    tmp = output_dir / f"{STAGING_PREFIX}{MANIFEST}.{os.getpid()}"  # written beside it, then renamed over it
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output_dir / MANIFEST)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_json(output_dir / MANIFEST, manifest)
 
 
 def set_status(output_dir: str | Path, status: str) -> None:

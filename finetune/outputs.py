@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+from .jsonfile import write_json
+
 
 def local_model_dir(name_or_path: str, cache_dir: str | None = None) -> Path | None:
     """The directory holding a model's files: the path itself, or the hub cache's snapshot of an id."""
@@ -40,6 +42,4 @@ def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
         saved.update({key: base[key] for key in BASE_CONFIG_KEYS if key in base})
         if "dtype" in saved:
             saved.setdefault("torch_dtype", saved["dtype"])
-        out_config.write_text(
-            json.dumps(saved, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        write_json(out_config, saved, sort_keys=True)

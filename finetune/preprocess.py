@@ -1,55 +1,42 @@
 """Tokenize training data exactly as training will, and write it out with a data report.
 
     python -m finetune.preprocess --model_name_or_path M --data_path D [D ...] --model_max_length 512 \\
-        --output OUT.jsonl [--template T] [--truncation turns|official] [--masking all_assistant|last_assistant] \\
-        [--skip_invalid True] [--format F]
+        --output OUT.jsonl [--template T] [--truncation turns|official] [--mask all_assistant|last_assistant] \\
+        [--skip_invalid True] [--data_format F] [--preprocessing_num_workers N]
 
-OUT.jsonl gets one line per kept sample, in input order: {"id": <source id or null>, "input_ids": [...],
-"labels": [...]} (unpadded). The data report goes to OUT.report.json and a short table to the console.
+The data flags are `finetune/sft.py`'s (`DataOptions`; ``--masking``, ``--format`` and ``--num_proc`` are kept
+as aliases). OUT.jsonl gets one line per kept sample, in input order: {"id": <source id or null>, "input_ids":
+[...], "labels": [...]} (unpadded). The data report goes to OUT.report.json and a short table to the console.
 Bad data ends the run with one line naming the file, record and problem (exit status 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune.data.dataset import DEFAULT_CACHE_DIR, Truncation, build_dataset, format_report, write_report
-from finetune.data.formats import FORMATS, DataError
-from finetune.data.templates import TEMPLATES, Masking
+from transformers import HfArgumentParser
+
+from finetune.data.dataset import DEFAULT_CACHE_DIR, build_dataset
+from finetune.data.formats import DataError
+from finetune.data.options import DataOptions
 
 
-def _bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m finetune.preprocess", description=__doc__.split("\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="model directory (its tokenizer is used)")
-    parser.add_argument(
-        "--data_path", required=True, nargs="+", help="files, directories, globs or a hub name"
+@dataclass
+class PreprocessArguments:
+    model_name_or_path: str = field(metadata={"help": "model directory (its tokenizer is used)"})
+    output: str = field(metadata={"help": "JSONL file to write"})
+    model_max_length: int = field(default=512, metadata={"help": "as in training"})
+    cache_dir: str = field(
+        default=DEFAULT_CACHE_DIR, metadata={"help": 'tokenized-data cache; "none" disables it'}
     )
-    parser.add_argument("--model_max_length", type=int, default=512)
-    parser.add_argument("--output", required=True, help="JSONL file to write")
-    parser.add_argument("--template", choices=("auto", *TEMPLATES), default="auto")
-    parser.add_argument("--truncation", choices=[t.value for t in Truncation], default=Truncation.TURNS.value)
-    parser.add_argument("--masking", choices=[m.value for m in Masking], default=Masking.ALL_TURNS.value)
-    parser.add_argument(
-        "--skip_invalid", type=_bool, default=False, help="drop bad records instead of stopping"
-    )
-    parser.add_argument("--format", choices=("auto", *FORMATS), default="auto", dest="fmt")
-    parser.add_argument("--num_proc", type=int, default=None, help="tokenizing processes")
-    parser.add_argument(
-        "--cache_dir", default=DEFAULT_CACHE_DIR, help='tokenized-data cache; "none" disables it'
-    )
-    return parser
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((PreprocessArguments, DataOptions), prog="python -m finetune.preprocess")
 
 
 def report_path(output: str | Path) -> Path:
@@ -58,7 +45,7 @@ def report_path(output: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, options = build_parser().parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     import finetune  # noqa: F401  (registers the Baichuan classes with the Auto factories)
     from finetune.loading import load_tokenizer, model_type_of
@@ -73,14 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset, report = build_dataset(
             tokenizer,
-            args.data_path,
-            template=args.template,
-            model_max_length=args.model_max_length,
-            truncation=args.truncation,
-            masking=args.masking,
-            skip_invalid=args.skip_invalid,
-            fmt=args.fmt,
-            num_proc=args.num_proc,
+            options,
+            args.model_max_length,
             cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
             model_type=model_type_of(args.model_name_or_path),
         )
@@ -92,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     with output.open("w", encoding="utf-8") as f:
         for row in dataset.select_columns(["id", "input_ids", "labels"]):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    write_report(report, report_path(output))
-    print(f"wrote {report['samples_kept']} samples to {output} (report: {report_path(output)})")
-    print(format_report(report))
+    report.write(report_path(output))
+    print(f"wrote {report.samples_kept} samples to {output} (report: {report_path(output)})")
+    print(report.table())
     return 0
 
 

@@ -47,16 +47,17 @@ from finetune.checkpoints import (
 )
 from finetune.compile import compile_for_training
 from finetune.data.collator import DataCollatorForSFT
-from finetune.data.dataset import build_dataset, format_report, format_sample, write_report
+from finetune.data.dataset import build_dataset
 from finetune.data.formats import DataError, resolve_data_files
 from finetune.data.packing import pack_dataset
+from finetune.data.report import DataReport, format_sample
 from finetune.devices import current_peak_flops, import_torch_npu
 from finetune.distributed import finish_distributed
 from finetune.finite import DivergedError
 from finetune.loading import (
     LoadError,
     check_model_dir,
-    load_config,
+    load_model_config,
     load_model_for_training,
     load_tokenizer,
     resolve_attn_implementation,
@@ -82,6 +83,7 @@ gc.enable()
 logger = logging.getLogger("finetune.sft")
 
 DATA_REPORT = "data_report.json"
+EVAL_DATA_REPORT = "eval_data_report.json"  # the same report for --eval_data_path
 
 
 def setup_logging(training_args) -> None:
@@ -92,29 +94,23 @@ def setup_logging(training_args) -> None:
 
 
 def build_data(data_args, training_args, tokenizer, config, attn_implementation):
-    """Tokenized (and packed) train/eval sets, the collator, and the data report. Rank 0 tokenizes first;
-    the other ranks then read its cache."""
-    settings = {
-        "template": data_args.template,
-        "model_max_length": training_args.model_max_length,
-        "truncation": data_args.truncation,
-        "masking": data_args.mask,
-        "skip_invalid": data_args.skip_invalid,
-        "fmt": data_args.data_format,
-        "num_proc": data_args.preprocessing_num_workers,
-        "model_type": config.model_type,
-    }
+    """Tokenized (and packed) train/eval sets, the collator, and the data reports (the eval set's: None
+    without --eval_data_path). Rank 0 tokenizes first; the other ranks then read its cache."""
+    max_length = training_args.model_max_length
     with training_args.main_process_first(desc="tokenizing"):
-        train, report = build_dataset(tokenizer, data_args.data_path, **settings)
-        evals, eval_report = (
-            build_dataset(tokenizer, data_args.eval_data_path, **settings)
-            if data_args.eval_data_path
-            else (None, None)
-        )
-    require_samples(report, data_args.data_path, training_args.model_max_length)
+        train, report = build_dataset(tokenizer, data_args, max_length, model_type=config.model_type)
+        evals = eval_report = None
+        if data_args.eval_data_path:
+            evals, eval_report = build_dataset(
+                tokenizer,
+                data_args,
+                max_length,
+                data_path=data_args.eval_data_path,
+                model_type=config.model_type,
+            )
+    require_samples(report, data_args.data_path, max_length)
     if eval_report is not None:
-        require_samples(eval_report, data_args.eval_data_path, training_args.model_max_length)
-        report["eval"] = eval_report
+        require_samples(eval_report, data_args.eval_data_path, max_length)
     if data_args.val_size:
         train, evals = split_validation(train, data_args.val_size, training_args.seed)
     if evals is not None:
@@ -124,30 +120,31 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
     )
     if packing:
         train, stats = pack_dataset(train, training_args.model_max_length)
-        report["packing_efficiency"] = stats["packing_efficiency"]
+        report.packing_efficiency = stats["packing_efficiency"]
         evals = pack_dataset(evals, training_args.model_max_length)[0] if evals is not None else None
     elif training_args.train_sampling_strategy == "random":
         # Padding: batches of similar lengths waste the least compute.
         training_args.train_sampling_strategy = "group_by_length"
     # The collator ignores the extra columns, and group_by_length reads "length".
     training_args.remove_unused_columns = False
-    report["packing"] = packing
-    return train, evals, make_collator(tokenizer, training_args, attn_implementation), report
+    report.packing = packing
+    collator = make_collator(tokenizer, training_args, attn_implementation)
+    return train, evals, collator, report, eval_report
 
 
 # ---------------------------------------------------------------- data that leaves nothing to train on
 
 
-def require_samples(report: dict, data_path: list[str], model_max_length: int) -> None:
+def require_samples(report: DataReport, data_path: list[str], model_max_length: int) -> None:
     """A data set whose every record was dropped stops here with one line, before the weights load (the Trainer
     would fail much later on an empty dataset, and an empty eval set would silently log no eval loss)."""
-    if report["samples_kept"]:
+    if report.samples_kept:
         return
-    reasons = ", ".join(f"{n} {reason}" for reason, n in report["dropped"].items()) or "none kept"
+    reasons = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none kept"
     hint = f"; raise --model_max_length (now {model_max_length})" if "model_max_length" in reasons else ""
     raise DataError(
         ", ".join(map(str, data_path)),
-        f"no sample left to train on: {report['records_read']} record(s) read, all dropped ({reasons}){hint}",
+        f"no sample left to train on: {report.records_read} record(s) read, all dropped ({reasons}){hint}",
     )
 
 
@@ -183,7 +180,7 @@ def evaluate_when_saving(training_args) -> None:
     training_args.eval_steps = training_args.save_steps
 
 
-def announce(training_args, model, train, report, tokenizer) -> None:
+def announce(training_args, model, train, report, eval_report, tokenizer) -> None:
     """What a human should check before the first step: derived batch numbers, trainable share, data, and one
     decoded sample with its masked spans."""
     if not training_args.should_log:
@@ -204,14 +201,12 @@ def announce(training_args, model, train, report, tokenizer) -> None:
         100 * trainable / total,
         model.config._attn_implementation,
     )
-    logger.info(
-        "data (%s rows%s):\n%s", len(train), ", packed" if report["packing"] else "", format_report(report)
-    )
-    if "eval" in report:
-        logger.info("eval data (--eval_data_path):\n%s", format_report(report["eval"]))
+    logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
+    if eval_report is not None:
+        logger.info("eval data (--eval_data_path):\n%s", eval_report.table())
     first = train[0]
     sample = (first["input_ids"], first["labels"])
-    if report["packing"]:
+    if report.packing:
         # Show the first sample of the row, not the whole row.
         end = next((i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"]))
         sample = (first["input_ids"][:end], first["labels"][:end])
@@ -339,8 +334,8 @@ def run(argv: list[str] | None, stop: StopRequest) -> int:
             trust_remote_code=model_args.trust_remote_code,
         )
         # Data before weights: a bad record stops the run in seconds, not after a 13B model has loaded.
-        config = load_config(model_args, training_args)
-        train, evals, collator, report = build_data(
+        config = load_model_config(model_args, training_args)
+        train, evals, collator, report, eval_report = build_data(
             data_args, training_args, tokenizer, config, model_args.attn_implementation
         )
         model = load_model_for_training(model_args, lora_args, training_args)
@@ -351,8 +346,10 @@ def run(argv: list[str] | None, stop: StopRequest) -> int:
     if compile_for_training(model, training_args):
         logger.info("torch_compile: decoder layers compile in place at the first step")
     if training_args.should_save:
-        write_report(report, Path(training_args.output_dir) / DATA_REPORT)
-    announce(training_args, model, train, report, tokenizer)
+        report.write(Path(training_args.output_dir) / DATA_REPORT)
+        if eval_report is not None:
+            eval_report.write(Path(training_args.output_dir) / EVAL_DATA_REPORT)
+    announce(training_args, model, train, report, eval_report, tokenizer)
 
     trainer = SFTTrainer(
         model=model,

@@ -22,11 +22,23 @@ from typing import Any
 import sentencepiece as spm
 import torch
 
+from finetune.data.constants import (
+    ASSISTANT_TOKEN_ID,
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    OFFICIAL_CHAT_GENERATION,
+    PAD_TOKEN_ID,
+    USER_TOKEN_ID,
+)
+from finetune.dtypes import parse_dtype
+from finetune.jsonfile import write_json
+
 logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FORMATS = ("bin", "safetensors", "sharded")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Config-style names, as config.json spells them (finetune.dtypes parses them).
+DTYPES = ("float32", "bfloat16")
 NUM_SHARDS = 3  # the official 13B release has three
 
 # Official piece layout: 3 <SEP>, 4 <CLS>, 5 "\n", 101.. <reserved_12>.. (so 195 = <reserved_106>, the user
@@ -80,7 +92,7 @@ FALLBACK_CORPUS = (
 )
 
 ARCHS: dict[str, dict[str, Any]] = {
-    # Official field sets (BAICHUAN2_SPEC.md §3.1) at tiny sizes; 13B keeps a head count that is not a power of two
+    # Official field sets (docs/BAICHUAN2.md, "Models") at tiny sizes; 13B keeps a head count that is not a power of two
     # so the interleaved ALiBi slopes are exercised.
     "7b": {
         "hidden_size": 64,
@@ -97,22 +109,18 @@ ARCHS: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": False,
     },
 }
-GENERATION_CONFIG = {
-    "assistant_token_id": 196,
-    "bos_token_id": 1,
-    "do_sample": True,
-    "eos_token_id": 2,
-    "max_new_tokens": 2048,
-    "pad_token_id": 0,
-    "repetition_penalty": 1.05,
-    "temperature": 0.3,
-    "top_k": 5,
-    "top_p": 0.85,
-    "transformers_version": "4.29.2",
-    "user_token_id": 195,
-}
 # The release's own version stamp, so the files read like a download rather than like our output.
 OFFICIAL_TRANSFORMERS_VERSION = "4.29.2"
+# generation_config.json of the official Chat checkpoints.
+GENERATION_CONFIG = {
+    "assistant_token_id": ASSISTANT_TOKEN_ID,
+    "bos_token_id": BOS_TOKEN_ID,
+    "eos_token_id": EOS_TOKEN_ID,
+    "pad_token_id": PAD_TOKEN_ID,
+    "user_token_id": USER_TOKEN_ID,
+    **OFFICIAL_CHAT_GENERATION,
+    "transformers_version": OFFICIAL_TRANSFORMERS_VERSION,
+}
 MODEL_MAX_LENGTH = 4096
 
 
@@ -205,7 +213,7 @@ def _token(content: str, single_word: bool) -> dict[str, Any]:
 
 def tokenizer_files(arch: str) -> dict[str, dict[str, Any]]:
     """tokenizer_config.json and special_tokens_map.json as shipped: 7B lists use_fast and omits bos_token, 13B
-    lists bos_token and marks the special tokens single_word (BAICHUAN2_SPEC.md §4)."""
+    lists bos_token and marks the special tokens single_word (docs/BAICHUAN2.md, "Tokenizer")."""
     single_word = arch == "13b"
     special = {"unk_token": "<unk>", "pad_token": "<unk>", "eos_token": "</s>"}
     if arch == "13b":
@@ -235,7 +243,7 @@ def tokenizer_files(arch: str) -> dict[str, dict[str, Any]]:
 
 
 def random_state_dict(config: dict[str, Any], seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Official tensor names and shapes (BAICHUAN2_SPEC.md §3.2): N(0, 0.02) matrices, unit norms, and a zero
+    """Official tensor names and shapes (docs/BAICHUAN2.md, "Models"): N(0, 0.02) matrices, unit norms, and a zero
     embedding row 0 (padding_idx, the pad id)."""
     generator = torch.Generator().manual_seed(seed)
     hidden, inner, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
@@ -296,12 +304,8 @@ def write_weights(tensors: dict[str, torch.Tensor], output_dir: Path, fmt: str) 
         paths.append(path)
     total_size = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
-    _write_json(output_dir / "pytorch_model.bin.index.json", index)
+    write_json(output_dir / "pytorch_model.bin.index.json", index, sort_keys=True)
     return [*paths, output_dir / "pytorch_model.bin.index.json"]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_tiny_checkpoint(
@@ -327,12 +331,12 @@ def write_tiny_checkpoint(
     sp_model = tiny_tokenizer_model(data_dir)
     (output_dir / "tokenizer.model").write_bytes(sp_model)
     for name, value in tokenizer_files(arch).items():
-        _write_json(output_dir / name, value)
+        write_json(output_dir / name, value, sort_keys=True)
     vocab_size = spm.SentencePieceProcessor(model_proto=sp_model).get_piece_size()
     config = model_config(arch, vocab_size, dtype)
-    _write_json(output_dir / "config.json", config)
-    _write_json(output_dir / "generation_config.json", GENERATION_CONFIG)
-    write_weights(random_state_dict(config, seed, DTYPES[dtype]), output_dir, fmt)
+    write_json(output_dir / "config.json", config, sort_keys=True)
+    write_json(output_dir / "generation_config.json", GENERATION_CONFIG, sort_keys=True)
+    write_weights(random_state_dict(config, seed, parse_dtype(dtype, allow_auto=False)), output_dir, fmt)
     return output_dir
 
 
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="directory to create (must be empty or absent)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--format", choices=FORMATS, default="bin", dest="fmt")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
     args = parser.parse_args(argv)
     try:
         path = write_tiny_checkpoint(

@@ -9,7 +9,9 @@ from transformers import AutoModelForCausalLM
 
 
 def make_adapter(base_dir, adapter_dir, targets=("W_pack",), seed=0, scale=0.05):
+    """The same arguments give the same adapter: peft's random lora_A init is seeded too."""
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    torch.manual_seed(seed)
     peft_model = get_peft_model(
         model, LoraConfig(task_type="CAUSAL_LM", r=2, lora_alpha=16, target_modules=list(targets))
     )

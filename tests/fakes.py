@@ -82,7 +82,7 @@ class CharTokenizer(PreTrainedTokenizer):
 
 
 def official_sample(tokenizer, record: dict, max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """The official fine-tune.py construction (BAICHUAN2_SPEC.md §2.3–2.4), written out plainly as a reference:
+    """The official fine-tune.py construction (docs/BAICHUAN2.md, "Labels"), written out plainly as a reference:
     `from == "human"` is the user, anything else the assistant; head-cut to max_length; no padding."""
     input_ids, labels = [], []
     for message in record["conversations"]:

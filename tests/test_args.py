@@ -6,12 +6,13 @@ import types
 
 import pytest
 import torch
+from transformers.utils import is_torch_tf32_available
 
 from finetune import devices
 from finetune.args import ConfigError, parse_args
 from finetune.lora import lora_config
 
-# The official README command (BAICHUAN2_SPEC.md §2.6), paths aside.
+# The official README command (docs/BAICHUAN2.md, "The official command line"), paths aside.
 OFFICIAL = (
     "--report_to none --data_path data/sample_chat.json --model_name_or_path output/tiny-7b "
     "--output_dir output/official --model_max_length 512 --num_train_epochs 4 --per_device_train_batch_size 16 "
@@ -22,21 +23,7 @@ OFFICIAL = (
 ).split()
 
 
-@pytest.fixture(autouse=True)
-def repo_root(monkeypatch, request):
-    monkeypatch.chdir(request.config.rootpath)
-
-
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    """Parsing builds accelerate's process state and, with a ZeRO-3 config, transformers' global DeepSpeed
-    config (which makes from_pretrained partition); later tests in this process must see neither."""
-    yield
-    from accelerate.state import AcceleratorState
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("in_repo_root")
 
 
 def write_yaml(path, text):
@@ -61,7 +48,8 @@ def test_official_command_parses_with_official_meaning():
     assert train.optim == "adamw_torch"  # the official override of the HF default
     assert train.activation_checkpointing is True  # transformers 5's name for --gradient_checkpointing
     assert train.bf16 is True  # accepted without a GPU
-    assert train.tf32 is None  # ignored (with a warning) without an Ampere GPU
+    # Kept on an Ampere-or-newer GPU; ignored (with a warning) elsewhere.
+    assert train.tf32 is (True if is_torch_tf32_available() else None)
     assert train.use_lora is True and train.deepspeed == "ds_configs/zero3.json"
     assert train.hf_deepspeed_config.get_value("zero_optimization.stage") == 3
     assert (lora.lora_r, lora.lora_alpha, lora.lora_dropout, lora.lora_target_modules) == (
@@ -144,12 +132,16 @@ def test_lora_flags_reach_peft():
     assert config.use_dora and config.use_rslora
 
 
+@pytest.mark.skipif(devices.has_accelerator(), reason="a CPU-only host's settings")
 def test_cpu_host_settings():
     *_, train = parse_args(["--data_path", "a.json", "--bf16", "True"])
     assert devices.device_type() == "cpu" and train.device.type == "cpu"
     assert train.dataloader_pin_memory is False
     assert train.ddp_backend is None  # accelerate picks gloo
     assert devices.current_peak_flops() is None  # no MFU on CPU
+
+
+def test_peak_flops_by_device_name():
     assert devices.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert devices.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert devices.peak_flops("Some Future Card") is None

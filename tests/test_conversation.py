@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import DATA, official
 
 from finetune.data.formats import (
     Conversation,
@@ -16,8 +17,6 @@ from finetune.data.formats import (
     resolve_data_files,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-
 
 def write(path: Path, content) -> Path:
     if isinstance(content, bytes):
@@ -27,10 +26,6 @@ def write(path: Path, content) -> Path:
     else:
         path.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
     return path
-
-
-def official(*turns, id="1"):
-    return {"id": id, "conversations": [{"from": f, "value": v} for f, v in turns]}
 
 
 # ---------------------------------------------------------------- formats

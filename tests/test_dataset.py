@@ -1,15 +1,17 @@
 """Truncation policies, drops, the data report, num_proc, and the tokenized-data cache."""
 
-import json
 from pathlib import Path
 
 import pytest
 from fakes import CharTokenizer, ids, official_sample
+from helpers import official, write_records
 
 import finetune.data.dataset as dataset_module
-from finetune.data.dataset import Truncation, build_dataset, fit_sample, format_sample, trainable_tokens
+from finetune.data.dataset import Truncation, build_dataset, fit_sample
 from finetune.data.formats import Conversation, DataError, Message
-from finetune.data.templates import prefix_sampler
+from finetune.data.options import DataOptions
+from finetune.data.report import format_sample, trainable_tokens
+from finetune.data.templates import TEMPLATES
 
 X = -100
 
@@ -19,7 +21,7 @@ def conv(*turns):
 
 
 def fit(c, max_length, policy=Truncation.TURNS):
-    sampler = prefix_sampler(c, CharTokenizer(), "baichuan2")
+    sampler = TEMPLATES["baichuan2"].sampler(c, CharTokenizer())
     return fit_sample(sampler, [m.role for m in c.messages], max_length, policy)
 
 
@@ -64,15 +66,6 @@ def _record(c):
     }
 
 
-def write_records(path: Path, records) -> str:
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    return str(path)
-
-
-def official(*turns, id):
-    return {"id": id, "conversations": [{"from": f, "value": v} for f, v in turns]}
-
-
 def test_build_dataset_drops_untrainable_samples_and_reports(tmp_path):
     records = [
         official(("human", "hi"), ("gpt", "hello"), id="a"),
@@ -81,47 +74,47 @@ def test_build_dataset_drops_untrainable_samples_and_reports(tmp_path):
         official(("human", "q"), ("robot", "r"), id="bad-role"),
     ]
     path = write_records(tmp_path / "d.json", records)
-    ds, report = build_dataset(
-        CharTokenizer(), path, template="baichuan2", model_max_length=32, skip_invalid=True, cache_dir=None
-    )
+    options = DataOptions(data_path=[path], template="baichuan2", skip_invalid=True)
+    ds, report = build_dataset(CharTokenizer(), options, 32, cache_dir=None)
     assert ds["id"] == ["a", "cut"]
     assert ds[0]["input_ids"] == [195, *ids("hi"), 196, *ids("hello"), 2]
-    assert report["records_read"] == 4
-    assert report["samples_kept"] == 2
-    assert report["dropped"] == {"no trainable token within model_max_length": 1, "unknown role": 1}
-    assert report["truncated"] == 1
-    assert report["tokens"] == sum(ds["length"]) == sum(len(x) for x in ds["input_ids"])
-    assert report["trainable_tokens"] == sum(trainable_tokens(x) for x in ds["labels"])
-    assert report["length"]["max"] == 32
-    assert report["cache"] == "off"
+    assert report.records_read == 4
+    assert report.samples_kept == 2
+    assert report.dropped == {"no trainable token within model_max_length": 1, "unknown role": 1}
+    assert report.truncated == 1
+    assert report.tokens == sum(ds["length"]) == sum(len(x) for x in ds["input_ids"])
+    assert report.trainable_tokens == sum(trainable_tokens(x) for x in ds["labels"])
+    assert report.length["max"] == 32
+    assert report.cache == "off"
     with pytest.raises(DataError, match=r"d\.json, record 3: message 1: unknown role 'robot'"):
-        build_dataset(CharTokenizer(), path, template="baichuan2", model_max_length=32, cache_dir=None)
+        build_dataset(
+            CharTokenizer(), DataOptions(data_path=[path], template="baichuan2"), 32, cache_dir=None
+        )
 
 
 def test_second_run_hits_the_cache_and_does_no_tokenizing(tmp_path, monkeypatch):
     path = write_records(
         tmp_path / "d.json", [official(("human", "hi"), ("gpt", "yo"), id=str(i)) for i in range(5)]
     )
-    kwargs = dict(template="baichuan2", model_max_length=64, cache_dir=tmp_path / "cache")
-    first, report = build_dataset(CharTokenizer(), path, **kwargs)
-    assert report["cache"] == "miss"
+    options = DataOptions(data_path=[path], template="baichuan2")
+    kwargs = dict(model_max_length=64, cache_dir=tmp_path / "cache")
+    first, report = build_dataset(CharTokenizer(), options, **kwargs)
+    assert report.cache == "miss"
 
     def no_tokenizing(*args, **kw):
         raise AssertionError("tokenized on a cache hit")
 
     monkeypatch.setattr(dataset_module, "_tokenize_batch", no_tokenizing)
-    second, report2 = build_dataset(CharTokenizer(), path, **kwargs)
-    assert report2["cache"] == "hit"
+    second, report2 = build_dataset(CharTokenizer(), options, **kwargs)
+    assert report2.cache == "hit"
     assert second.to_dict() == first.to_dict()
-    assert {k: v for k, v in report2.items() if k != "cache"} == {
-        k: v for k, v in report.items() if k != "cache"
-    }
+    assert {**report2.to_dict(), "cache": "miss"} == report.to_dict()
     # Any input of the key changing is a miss: here the max length, then the file itself.
     with pytest.raises(AssertionError, match="tokenized on a cache hit"):
-        build_dataset(CharTokenizer(), path, **{**kwargs, "model_max_length": 63})
+        build_dataset(CharTokenizer(), options, **{**kwargs, "model_max_length": 63})
     Path(path).write_text(Path(path).read_text(encoding="utf-8") + " ", encoding="utf-8")
     with pytest.raises(AssertionError, match="tokenized on a cache hit"):
-        build_dataset(CharTokenizer(), path, **kwargs)
+        build_dataset(CharTokenizer(), options, **kwargs)
 
 
 def test_num_proc_gives_the_same_dataset(tmp_path):
@@ -132,10 +125,10 @@ def test_num_proc_gives_the_same_dataset(tmp_path):
         for i in range(600)
     ]
     path = write_records(tmp_path / "d.json", records)
-    one, _ = build_dataset(CharTokenizer(), path, template="baichuan2", model_max_length=30, cache_dir=None)
-    two, _ = build_dataset(
-        CharTokenizer(), path, template="baichuan2", model_max_length=30, cache_dir=None, num_proc=2
-    )
+    options = DataOptions(data_path=[path], template="baichuan2")
+    one, _ = build_dataset(CharTokenizer(), options, 30, cache_dir=None)
+    two_workers = DataOptions(data_path=[path], template="baichuan2", preprocessing_num_workers=2)
+    two, _ = build_dataset(CharTokenizer(), two_workers, 30, cache_dir=None)
     assert one.to_dict() == two.to_dict()
     assert one["id"] == [str(i) for i in range(600)]
 

@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
 from finetune.data.formats import load_conversations
-from finetune.data.templates import tokenize_conversation
+from finetune.data.options import DataOptions
+from finetune.data.report import trainable_tokens
+from finetune.data.templates import TEMPLATES, Masking
 from finetune.evaluate import evaluate, main
 from finetune.export import export
 from finetune.tiny import write_tiny_checkpoint
@@ -58,7 +60,7 @@ def reference_loss(model_dir, data):
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     total, count = 0.0, 0
     for conv in load_conversations([str(data)]):
-        input_ids, labels = tokenize_conversation(conv, tokenizer, "baichuan2")
+        input_ids, labels = TEMPLATES["baichuan2"].tokenize(conv, tokenizer)
         n = sum(label != -100 for label in labels[1:])
         with torch.no_grad():
             loss = model(input_ids=torch.tensor([input_ids]), labels=torch.tensor([labels])).loss
@@ -72,7 +74,11 @@ def test_loss_is_the_pooled_token_mean_for_any_batch_size(setup):
     expected, tokens = reference_loss(model_dir, data)
     for batch_size in (1, 3):
         result = evaluate(
-            str(model_dir), [str(data)], model_max_length=512, batch_size=batch_size, device="cpu"
+            str(model_dir),
+            DataOptions(data_path=[str(data)]),
+            model_max_length=512,
+            batch_size=batch_size,
+            device="cpu",
         )
         assert result["tokens"] == tokens and result["samples"] == 3
         assert result["loss"] == pytest.approx(expected, rel=1e-5)
@@ -82,8 +88,8 @@ def test_loss_is_the_pooled_token_mean_for_any_batch_size(setup):
 
 def test_truncation_follows_training(setup):
     model_dir, data, _ = setup
-    full = evaluate(str(model_dir), [str(data)], model_max_length=512, device="cpu")
-    short = evaluate(str(model_dir), [str(data)], model_max_length=24, device="cpu")
+    full = evaluate(str(model_dir), DataOptions(data_path=[str(data)]), model_max_length=512, device="cpu")
+    short = evaluate(str(model_dir), DataOptions(data_path=[str(data)]), model_max_length=24, device="cpu")
     assert full["truncated"] == 0 and short["truncated"] >= 1 and short["tokens"] < full["tokens"]
 
 
@@ -116,10 +122,29 @@ def test_adapter_dir_evaluates_like_its_merged_export(setup):
     model_dir, data, root = setup
     make_adapter(model_dir, root / "adapter", scale=0.5)
     merged = export(str(root / "merged"), adapter=str(root / "adapter"), dtype="fp32")
-    on_adapter = evaluate(str(root / "adapter"), [str(data)], device="cpu")
+    on_adapter = evaluate(str(root / "adapter"), DataOptions(data_path=[str(data)]), device="cpu")
     assert on_adapter["loss"] == pytest.approx(
-        evaluate(str(merged), [str(data)], device="cpu")["loss"], rel=1e-5
+        evaluate(str(merged), DataOptions(data_path=[str(data)]), device="cpu")["loss"], rel=1e-5
     )
     assert on_adapter["loss"] != pytest.approx(
-        evaluate(str(model_dir), [str(data)], device="cpu")["loss"], rel=1e-3
+        evaluate(str(model_dir), DataOptions(data_path=[str(data)]), device="cpu")["loss"], rel=1e-3
     )
+
+
+def test_mask_flag_scores_what_training_trained(setup, tmp_path):
+    """`--mask last_assistant` (sft.py's flag) scores only each conversation's last reply, as that run trained."""
+    model_dir, data, _ = setup
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    conversations = load_conversations(str(data))
+    results = {}
+    for mask in ("all_assistant", "last_assistant"):
+        out = tmp_path / f"{mask}.json"
+        argv = ["--model", str(model_dir), "--data_path", str(data), "--device", "cpu", "--mask", mask]
+        assert main([*argv, "--output", str(out)]) == 0
+        results[mask] = json.loads(out.read_text(encoding="utf-8"))
+        masking = Masking(mask)
+        expected = sum(
+            trainable_tokens(TEMPLATES["baichuan2"].tokenize(c, tokenizer, masking)[1]) for c in conversations
+        )
+        assert results[mask]["tokens"] == expected and results[mask]["mask"] == mask
+    assert results["last_assistant"]["tokens"] < results["all_assistant"]["tokens"]

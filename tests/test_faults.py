@@ -34,7 +34,6 @@ from safetensors.torch import load_file
 from finetune import exits
 from finetune.checkpoints import newest_intact_checkpoint
 from finetune.finite import DivergenceMonitor, first_nonfinite
-from finetune.tiny import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 16
@@ -45,11 +44,6 @@ TINY += ["--logging_steps", "1", "--per_device_train_batch_size", "2", "--learni
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("faults")
-
-
-@pytest.fixture(scope="module")
-def tiny7b(workdir):
-    return write_tiny_checkpoint(workdir / "tiny-7b", arch="7b", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +360,7 @@ def test_eval_set_drops_are_reported(tiny7b, chat_data, workdir, run_sft, monkey
     args = run_args(tiny7b, chat_data, out, "--use_lora", "True", "--max_steps", 1, "--eval_data_path", evals)
     status, _, output = run_sft(*args, "--skip_invalid", "True")
     assert status == 0, output[-3000:]
-    report = json.loads((out / "data_report.json").read_text())["eval"]
+    report = json.loads((out / "eval_data_report.json").read_text())
     assert (
         report["records_read"] == 4
         and report["samples_kept"] == 3

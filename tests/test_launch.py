@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from finetune.launch.env_file import (
     EnvFileError,
@@ -62,12 +63,6 @@ def fake_ssh(tmp_path, monkeypatch):
     ssh.chmod(ssh.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return ssh
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- hostfile

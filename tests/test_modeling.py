@@ -61,7 +61,7 @@ def left_padded(ids: torch.Tensor, pads: list[int]) -> tuple[torch.Tensor, torch
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# An independent reference, written straight from BAICHUAN2_SPEC.md §3 (loops over heads and positions)
+# An independent reference, written straight from docs/BAICHUAN2.md, "Models" (loops over heads and positions)
 # ---------------------------------------------------------------------------------------------------------------
 
 

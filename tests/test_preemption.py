@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, free_port
 
 from finetune import exits
 from finetune.checkpoints import checkpoint_problem, newest_intact_checkpoint
 from finetune.distributed import cpu_launch_env
-from finetune.tiny import write_tiny_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 TIMEOUT_S = 300
 MAX_STEPS = 12  # far more than the steps a signal after checkpoint-2 lets through; the resume runs to it
@@ -41,20 +40,11 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_args(workdir):
-    model = write_tiny_checkpoint(workdir / "tiny-7b", arch="7b", seed=0)
+def run_args(tiny7b, workdir):
     records = json.loads((ROOT / "data" / "sample_chat.json").read_text(encoding="utf-8"))[:16]
     data = workdir / "chat.json"
     data.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    return [*ARGS.split(), "--model_name_or_path", str(model), "--data_path", str(data)]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return [*ARGS.split(), "--model_name_or_path", str(tiny7b), "--data_path", str(data)]
 
 
 def launcher_env() -> dict[str, str]:

@@ -1,27 +1,26 @@
 """`python -m finetune.preprocess` on a tiny Baichuan2 checkpoint: official parity, report, one-line errors."""
 
 import json
-from pathlib import Path
 
 import pytest
 from fakes import official_sample
+from helpers import DATA
 
 import finetune  # noqa: F401  (registers the Baichuan tokenizer)
 from finetune.data.formats import load_conversations
-from finetune.data.templates import conversation_texts, encode_texts
+from finetune.data.report import trainable_tokens
+from finetune.data.templates import TEMPLATES, Baichuan2Template, Masking, encode_texts
 from finetune.loading import load_tokenizer
 from finetune.preprocess import main, report_path
-from finetune.tiny import write_tiny_checkpoint
-
-DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "7b"))
+def tiny(tiny7b):
+    return str(tiny7b)
 
 
 def run(tmp_path, *args):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     output = tmp_path / "out.jsonl"
     code = main([*args, "--output", str(output), "--cache_dir", str(tmp_path / "cache")])
     lines = (
@@ -105,7 +104,28 @@ def test_bad_data_exits_nonzero_with_one_line(tiny, tmp_path, capsys):
 
 def test_batched_baichuan_encoding_equals_tokenizer_encode(tiny):
     tokenizer = load_tokenizer(tiny)
-    texts = [t for c in load_conversations(str(DATA)) for t in conversation_texts(c)]
+    texts = [t for c in load_conversations(str(DATA)) for t in Baichuan2Template.texts(c)]
     texts += ["a literal </s> and <s> and <unk> inside", "<reserved_106>marker text", "", " two  spaces\n"]
     assert encode_texts(tokenizer, texts) == [tokenizer.encode(t) for t in texts]
     assert encode_texts(tokenizer, ["x</s>"])[0][-1] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("flag", ["--mask", "--masking"])  # sft.py's name, and the tool's older one
+def test_mask_flag_has_sft_name_and_old_alias(tiny, tmp_path, flag):
+    args = [
+        "--model_name_or_path",
+        tiny,
+        "--data_path",
+        str(DATA / "sample_chat.json"),
+        "--model_max_length",
+        "4096",
+    ]
+    _, every, _ = run(tmp_path / "all", *args)
+    code, last, _ = run(tmp_path / "last", *args, flag, "last_assistant")
+    assert code == 0 and len(last) == len(every)
+    tokenizer = load_tokenizer(tiny)
+    for conv, line in zip(load_conversations(str(DATA / "sample_chat.json")), last, strict=True):
+        assert line["labels"] == TEMPLATES["baichuan2"].tokenize(conv, tokenizer, Masking.LAST_TURN)[1]
+    assert sum(map(trainable_tokens, (x["labels"] for x in last))) < sum(
+        map(trainable_tokens, (x["labels"] for x in every))
+    )

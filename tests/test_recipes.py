@@ -3,14 +3,13 @@ names DeepSpeed configs that exist, and carries its launch command in a header c
 configs leave to the Trainer what the Trainer owns."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from finetune.args import parse_args
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
 TRAINER_OWNED = (
@@ -21,15 +20,7 @@ TRAINER_OWNED = (
 )
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    yield
-    from accelerate.state import AcceleratorState
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("in_repo_root")
 
 
 def test_recipe_set_is_complete():
@@ -67,7 +58,7 @@ def test_ds_config_leaves_trainer_settings_auto(path):
     assert config["bf16"]["enabled"] == "auto"
     zero = config["zero_optimization"]
     if zero["stage"] == 3:
-        # ZeRO-3 saves must be whole models, not empty shards (BAICHUAN2_SPEC.md §6 #5).
+        # ZeRO-3 saves must be whole models, not empty shards (docs/BAICHUAN2.md, "Known problems").
         assert zero["stage3_gather_16bit_weights_on_model_save"] is True
     if "offload" in path.stem:
         assert zero["offload_optimizer"]["device"] == "cpu"

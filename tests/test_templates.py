@@ -1,22 +1,14 @@
 """Label tables per template, the template sweep (trained tokens = assistant text only), and prompt parity."""
 
 import json
-from pathlib import Path
 
 import pytest
 from fakes import CHATML, CharTokenizer, ids, official_sample
+from helpers import DATA
 
 from finetune.data.formats import Conversation, DataError, Message, load_conversations
-from finetune.data.templates import (
-    Masking,
-    baichuan2_tokens,
-    build_chat_prompt,
-    prefix_sampler,
-    resolve_template,
-    tokenize_conversation,
-)
+from finetune.data.templates import TEMPLATES, Baichuan2Template, Masking, resolve_template
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 X = -100
 ALL, LAST = Masking.ALL_TURNS, Masking.LAST_TURN
 
@@ -91,7 +83,7 @@ BAICHUAN2_TABLE = [
     "name,turns,masking,input_ids,labels", BAICHUAN2_TABLE, ids=[t[0] for t in BAICHUAN2_TABLE]
 )
 def test_baichuan2_labels(name, turns, masking, input_ids, labels):
-    assert baichuan2_tokens(turns, masking) == (input_ids, labels)
+    assert Baichuan2Template.labels(turns, masking) == (input_ids, labels)
 
 
 def test_baichuan2_equals_official_script_on_every_sample_conversation():
@@ -99,7 +91,7 @@ def test_baichuan2_equals_official_script_on_every_sample_conversation():
     records = json.loads((DATA / "sample_chat.json").read_text(encoding="utf-8"))
     convs = load_conversations(str(DATA / "sample_chat.json"))
     for record, c in zip(records, convs, strict=True):
-        assert tokenize_conversation(c, tokenizer, "baichuan2") == official_sample(tokenizer, record)
+        assert TEMPLATES["baichuan2"].tokenize(c, tokenizer) == official_sample(tokenizer, record)
 
 
 def test_baichuan2_encodes_without_special_tokens_even_if_the_tokenizer_adds_them():
@@ -109,7 +101,7 @@ def test_baichuan2_encodes_without_special_tokens_even_if_the_tokenizer_adds_the
 
     assert BosAdding().encode("a") == [1, 1097]
     c = conv(("user", "a"), ("assistant", "b"))
-    assert tokenize_conversation(c, BosAdding(), "baichuan2")[0] == [195, *ids("a"), 196, *ids("b"), 2]
+    assert TEMPLATES["baichuan2"].tokenize(c, BosAdding())[0] == [195, *ids("a"), 196, *ids("b"), 2]
 
 
 # ---------------------------------------------------------------- chat_template
@@ -122,7 +114,7 @@ def chatml_ids(role, text, close=True):
 def test_chat_template_supervises_reply_and_end_marker_only():
     tokenizer = CharTokenizer(chat_template=CHATML)
     c = conv(("user", "hi"), ("assistant", "yo"), ("user", "ok"), ("assistant", "k"), system="be")
-    input_ids, labels = tokenize_conversation(c, tokenizer, "chat_template")
+    input_ids, labels = TEMPLATES["chat_template"].tokenize(c, tokenizer)
     expected = (
         chatml_ids("system", "be")
         + chatml_ids("user", "hi")
@@ -135,21 +127,21 @@ def test_chat_template_supervises_reply_and_end_marker_only():
     yo_span = [*ids("yo"), 11, *ids("\n")]
     assert labels[header : header + len(yo_span)] == yo_span
     assert sum(label != X for label in labels) == len(yo_span) + len([*ids("k"), 11, *ids("\n")])
-    _, last_only = tokenize_conversation(c, tokenizer, "chat_template", LAST)
+    _, last_only = TEMPLATES["chat_template"].tokenize(c, tokenizer, LAST)
     assert [t for t in last_only if t != X] == [*ids("k"), 11, *ids("\n")]
 
 
 def test_chat_template_that_rewrites_earlier_turns_is_refused():
     tokenizer = CharTokenizer(chat_template="{{ messages | length }}" + CHATML)
     with pytest.raises(DataError, match="not prefix-stable at message 0"):
-        tokenize_conversation(conv(("user", "hi"), ("assistant", "yo")), tokenizer, "chat_template")
+        TEMPLATES["chat_template"].tokenize(conv(("user", "hi"), ("assistant", "yo")), tokenizer)
 
 
 def test_chat_template_error_names_the_conversation():
     tokenizer = CharTokenizer(chat_template="{{ raise_exception('roles must alternate') }}")
     c = Conversation((Message("user", "a"), Message("assistant", "b")), id="77")
     with pytest.raises(DataError, match="conversation 77: chat template failed: roles must alternate"):
-        tokenize_conversation(c, tokenizer, "chat_template")
+        TEMPLATES["chat_template"].tokenize(c, tokenizer)
 
 
 @pytest.mark.parametrize("template", ["baichuan2", "chat_template"])
@@ -158,7 +150,7 @@ def test_sweep_trained_tokens_are_assistant_text_and_never_user_or_system(templa
     tokenizer = CharTokenizer(chat_template=CHATML)
     convs = load_conversations([str(DATA / "sample_system.json"), str(DATA / "examples/alpaca.json")])
     for c in convs:
-        _, labels = tokenize_conversation(c, tokenizer, template, masking)
+        _, labels = TEMPLATES[template].tokenize(c, tokenizer, masking)
         trained = tokenizer.decode([t for t in labels[1:] if t != X])
         replies = [m.content for m in c.messages if m.role == "assistant"]
         wanted = replies if masking is ALL else replies[-1:]
@@ -166,15 +158,15 @@ def test_sweep_trained_tokens_are_assistant_text_and_never_user_or_system(templa
         assert trained == "".join(r + end for r in wanted)
 
 
-def test_prefix_sampler_gives_the_prefix_conversation():
+def test_sampler_gives_the_prefix_conversation():
     tokenizer = CharTokenizer(chat_template=CHATML)
     c = conv(("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), system="s")
     for template in ("baichuan2", "chat_template"):
         for masking in (ALL, LAST):
-            sampler = prefix_sampler(c, tokenizer, template, masking)
+            sampler = TEMPLATES[template].sampler(c, tokenizer, masking)
             short = conv(*[(m.role, m.content) for m in c.messages[:2]], system="s")
-            assert sampler(2) == tokenize_conversation(short, tokenizer, template, masking)
-            assert sampler(4) == tokenize_conversation(c, tokenizer, template, masking)
+            assert sampler(2) == TEMPLATES[template].tokenize(short, tokenizer, masking)
+            assert sampler(4) == TEMPLATES[template].tokenize(c, tokenizer, masking)
 
 
 # ---------------------------------------------------------------- template choice
@@ -182,9 +174,9 @@ def test_prefix_sampler_gives_the_prefix_conversation():
 
 def test_resolve_template():
     plain, chatml = CharTokenizer(), CharTokenizer(chat_template=CHATML)
-    assert resolve_template(None, chatml, "baichuan") == "baichuan2"
-    assert resolve_template("auto", chatml, "qwen2") == "chat_template"
-    assert resolve_template("baichuan2", chatml, "qwen2") == "baichuan2"
+    assert resolve_template(None, chatml, "baichuan").name == "baichuan2"
+    assert resolve_template("auto", chatml, "qwen2").name == "chat_template"
+    assert resolve_template("baichuan2", chatml, "qwen2") is TEMPLATES["baichuan2"]
     with pytest.raises(DataError, match="has no chat template"):
         resolve_template(None, plain, "llama")
     with pytest.raises(DataError, match="unknown template 'vicuna'"):
@@ -202,16 +194,16 @@ def test_baichuan2_chat_prompt_matches_spec_build_chat_input():
     tokenizer = CharTokenizer()
     m = msgs(("system", "S"), ("user", "u1"), ("assistant", "a1"), ("user", "u2"))
     expected = [*ids("S"), 195, *ids("u1"), 196, *ids("a1"), 195, *ids("u2"), 196]
-    assert build_chat_prompt(tokenizer, m, "baichuan2", 100) == expected
+    assert TEMPLATES["baichuan2"].chat_prompt(tokenizer, m, 100) == expected
     # Rounds must fit in max_input_tokens - len(system), not counting the trailing 196 (as the official code):
     # at 10 both rounds (3 + 6 tokens) fit in 9, and the 11-token prompt is then cut from the left to 10.
-    assert build_chat_prompt(tokenizer, m, "baichuan2", 10) == expected[1:]
+    assert TEMPLATES["baichuan2"].chat_prompt(tokenizer, m, 10) == expected[1:]
     # At 9 the older round does not fit in 8 and is dropped whole.
-    assert build_chat_prompt(tokenizer, m, "baichuan2", 9) == [*ids("S"), 195, *ids("u2"), 196]
+    assert TEMPLATES["baichuan2"].chat_prompt(tokenizer, m, 9) == [*ids("S"), 195, *ids("u2"), 196]
     # The newest round is always kept, then the whole prompt is cut from the left.
-    assert build_chat_prompt(tokenizer, msgs(("user", "abcdef")), "baichuan2", 4) == [*ids("def"), 196]
+    assert TEMPLATES["baichuan2"].chat_prompt(tokenizer, msgs(("user", "abcdef")), 4) == [*ids("def"), 196]
     # A last assistant message gets no trailing marker.
-    assert build_chat_prompt(tokenizer, msgs(("user", "a"), ("assistant", "b")), "baichuan2", 100) == [
+    assert TEMPLATES["baichuan2"].chat_prompt(tokenizer, msgs(("user", "a"), ("assistant", "b")), 100) == [
         195,
         *ids("a"),
         196,
@@ -223,18 +215,18 @@ def test_baichuan2_chat_prompt_matches_spec_build_chat_input():
 def test_prompt_for_history_is_a_prefix_of_the_training_tokens(template):
     tokenizer = CharTokenizer(chat_template=CHATML)
     for c in load_conversations([str(DATA / "sample_system.json"), str(DATA / "sample_chat.json")])[:20]:
-        input_ids, _ = tokenize_conversation(c, tokenizer, template)
+        input_ids, _ = TEMPLATES[template].tokenize(c, tokenizer)
         messages = c.to_openai()
         for k, m in enumerate(messages):
             if m["role"] == "assistant":
-                prompt = build_chat_prompt(tokenizer, messages[:k], template, 100_000)
+                prompt = TEMPLATES[template].chat_prompt(tokenizer, messages[:k], 100_000)
                 assert input_ids[: len(prompt)] == prompt
 
 
 def test_chat_template_prompt_keeps_newest_rounds_that_fit():
     tokenizer = CharTokenizer(chat_template=CHATML)
     m = msgs(("user", "old question"), ("assistant", "old answer"), ("user", "new"))
-    full = build_chat_prompt(tokenizer, m, "chat_template", 10_000)
-    newest = build_chat_prompt(tokenizer, m[2:], "chat_template", 10_000)
+    full = TEMPLATES["chat_template"].chat_prompt(tokenizer, m, 10_000)
+    newest = TEMPLATES["chat_template"].chat_prompt(tokenizer, m[2:], 10_000)
     assert full[-len(newest) :] == newest and len(full) > len(newest)
-    assert build_chat_prompt(tokenizer, m, "chat_template", len(full) - 1) == newest
+    assert TEMPLATES["chat_template"].chat_prompt(tokenizer, m, len(full) - 1) == newest

@@ -88,8 +88,15 @@ def load_weights(directory):
     params=[(arch, fmt) for arch in ("7b", "13b") for fmt in ("bin", "safetensors", "sharded")],
 )
 def checkpoint(request, tmp_path_factory):
+    """Every arch × weight format: for what the format changes (files, loading)."""
     arch, fmt = request.param
     return arch, fmt, write_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{arch}-{fmt}"), arch=arch, fmt=fmt)
+
+
+@pytest.fixture(scope="module", params=["7b", "13b"])
+def arch_checkpoint(request, tiny7b, tiny13b):
+    """One checkpoint per arch: for what the weight format does not change (configs, tokenizer)."""
+    return request.param, {"7b": tiny7b, "13b": tiny13b}[request.param]
 
 
 def test_layout(checkpoint):
@@ -103,8 +110,8 @@ def test_layout(checkpoint):
     assert {p.name for p in directory.iterdir()} == COMMON_FILES | weight_files
 
 
-def test_config_has_the_official_fields_of_its_arch(checkpoint):
-    arch, _, directory = checkpoint
+def test_config_has_the_official_fields_of_its_arch(arch_checkpoint):
+    arch, directory = arch_checkpoint
     config = read_json(directory / "config.json")
     assert set(config) == OFFICIAL_CONFIG_KEYS | ARCH_ONLY_KEYS[arch]
     assert config["architectures"] == ["BaichuanForCausalLM"]
@@ -123,8 +130,8 @@ def test_config_has_the_official_fields_of_its_arch(checkpoint):
     assert config["vocab_size"] == sp.get_piece_size()
 
 
-def test_generation_config_is_the_official_chat_one(checkpoint):
-    generation = read_json(checkpoint[2] / "generation_config.json")
+def test_generation_config_is_the_official_chat_one(arch_checkpoint):
+    generation = read_json(arch_checkpoint[1] / "generation_config.json")
     generation.pop("transformers_version")
     assert generation == {
         "pad_token_id": 0,
@@ -141,8 +148,8 @@ def test_generation_config_is_the_official_chat_one(checkpoint):
     }
 
 
-def test_tokenizer_config_is_the_official_one(checkpoint):
-    arch, _, directory = checkpoint
+def test_tokenizer_config_is_the_official_one(arch_checkpoint):
+    arch, directory = arch_checkpoint
     config = read_json(directory / "tokenizer_config.json")
     assert config["add_bos_token"] is False and config["add_eos_token"] is False
     assert config["auto_map"] == {"AutoTokenizer": ["tokenization_baichuan.BaichuanTokenizer", None]}
@@ -162,8 +169,8 @@ def test_tokenizer_config_is_the_official_one(checkpoint):
     }
 
 
-def test_tokenizer_pieces_follow_the_official_layout(checkpoint):
-    sp = spm.SentencePieceProcessor(model_file=str(checkpoint[2] / "tokenizer.model"))
+def test_tokenizer_pieces_follow_the_official_layout(arch_checkpoint):
+    sp = spm.SentencePieceProcessor(model_file=str(arch_checkpoint[1] / "tokenizer.model"))
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     assert pieces[:6] == ["<unk>", "<s>", "</s>", "<SEP>", "<CLS>", "\n"]
     assert pieces[101] == "<reserved_12>"

@@ -8,7 +8,6 @@ from transformers import AutoTokenizer
 
 import finetune  # noqa: F401  (registers BaichuanTokenizer with AutoTokenizer)
 from finetune.models.baichuan import BaichuanTokenizer
-from finetune.tiny import write_tiny_checkpoint
 
 TEXTS = [
     "你好",
@@ -42,8 +41,8 @@ WITH_LITERAL_SPECIALS = [
 
 
 @pytest.fixture(scope="module", params=["7b", "13b"])
-def tiny_dir(request, tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{request.param}"), arch=request.param)
+def tiny_dir(request, tiny7b, tiny13b):
+    return {"7b": tiny7b, "13b": tiny13b}[request.param]
 
 
 @pytest.fixture(scope="module")

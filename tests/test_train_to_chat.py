@@ -21,7 +21,7 @@ import finetune  # noqa: F401  (registers the Baichuan classes with the Auto cla
 from finetune.chat import Chat, main
 from finetune.data.constants import IGNORE_INDEX
 from finetune.data.formats import Conversation, Message
-from finetune.data.templates import resolve_template, tokenize_conversation
+from finetune.data.templates import TEMPLATES, resolve_template
 from finetune.tiny import write_tiny_checkpoint
 
 CONVERSATIONS = [
@@ -66,7 +66,7 @@ def batch(samples, pad_id):
 def fine_tune(model, tokenizer, template, output_dir):
     """Full fine-tuning on every conversation in one batch until each supervised token is the model's argmax
     with a margin (loss < TARGET_LOSS); saves model and tokenizer."""
-    samples = [tokenize_conversation(c, tokenizer, template) for c in conversations()]
+    samples = [TEMPLATES[template].tokenize(c, tokenizer) for c in conversations()]
     input_ids, labels, mask = batch(samples, tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     model.train()
@@ -115,7 +115,7 @@ def baichuan_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    assert resolve_template(None, tokenizer, model.config.model_type) == "baichuan2"
+    assert resolve_template(None, tokenizer, model.config.model_type).name == "baichuan2"
     return fine_tune(model, tokenizer, "baichuan2", root / "full")
 
 
@@ -137,7 +137,7 @@ def llama_dir(tmp_path_factory):
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    assert resolve_template(None, tokenizer, config.model_type) == "chat_template"
+    assert resolve_template(None, tokenizer, config.model_type).name == "chat_template"
     return fine_tune(model, tokenizer, "chat_template", root / "full")
 
 
@@ -151,7 +151,7 @@ def test_python_api_returns_the_trained_reply(trained_dir):
     for turns in CONVERSATIONS:
         (_, question), (_, answer) = turns[:2]
         reply = chat.reply([{"role": "user", "content": question}])
-        assert reply == (answer, False)
+        assert (reply.text, reply.finish_reason) == (answer, "stop")  # ended by its eos
 
 
 def test_second_turn_with_history(trained_dir):

@@ -1,6 +1,6 @@
 """Data files → a cached, tokenized `datasets.Dataset` of unpadded (input_ids, labels), and its data report.
 
-Steps: read and validate the records (conversation.py) → tokenize with the template (templates.py) in a
+Steps: read and validate the records (formats.py) → tokenize with the template (templates.py) in a
 batched ``Dataset.map`` with ``num_proc`` → apply the truncation policy → drop samples with no trainable token
 → save under ``cache_dir`` keyed by everything that changes the output (data files' path/size/mtime, tokenizer
 vocabulary and class, template, max length, policies, and this code), so a second run does no tokenizing.
@@ -19,15 +19,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from finetune.data.constants import IGNORE_INDEX
 from finetune.data.formats import (
     Conversation,
     LoadStats,
@@ -36,14 +32,9 @@ from finetune.data.formats import (
     load_conversations,
     resolve_data_files,
 )
-from finetune.data.templates import (
-    Masking,
-    Sample,
-    conversation_texts,
-    encode_texts,
-    prefix_sampler,
-    resolve_template,
-)
+from finetune.data.options import DataOptions
+from finetune.data.report import DataReport, trainable_tokens
+from finetune.data.templates import Masking, Sampler, Template, resolve_template
 
 DEFAULT_CACHE_DIR = ".cache/data"
 NO_TRAINABLE = "no trainable token"
@@ -59,11 +50,11 @@ class Truncation(str, Enum):
 
 
 def fit_sample(
-    sampler: Callable[[int], Sample], roles: Sequence[str], max_length: int, policy: Truncation
+    sampler: Sampler, roles: Sequence[str], max_length: int, policy: Truncation
 ) -> tuple[list[int], list[int], bool]:
     """Apply the truncation policy: ``(input_ids, labels, truncated)`` no longer than ``max_length``.
 
-    ``sampler(n)`` gives the sample of the first n messages (see `templates.prefix_sampler`), ``roles`` the
+    ``sampler(n)`` gives the sample of the first n messages (see `Template.sampler`), ``roles`` the
     messages' roles.
     """
     input_ids, labels = sampler(len(roles))
@@ -82,11 +73,6 @@ def fit_sample(
     return input_ids[:max_length], labels[:max_length], True
 
 
-def trainable_tokens(labels: Sequence[int]) -> int:
-    """Labels the loss uses: not -100, and not at position 0 (HF shifts labels, so that one predicts nothing)."""
-    return sum(1 for label in labels[1:] if label != IGNORE_INDEX)
-
-
 # ---------------------------------------------------------------- tokenizing (runs inside Dataset.map)
 
 
@@ -102,26 +88,18 @@ def _conversations_of(batch: dict[str, list]) -> list[Conversation]:
 def _tokenize_batch(
     batch: dict[str, list],
     tokenizer: Any,
-    template: str,
+    template: Template,
     masking: Masking,
     max_length: int,
     truncation: Truncation,
 ) -> dict[str, list]:
     conversations = _conversations_of(batch)
-    encoded: list[Sequence[Sequence[int]] | None] = [None] * len(conversations)
-    if template == "baichuan2":
-        # One tokenizer call for every text of the batch (a fast tokenizer parallelises it).
-        texts = [conversation_texts(c) for c in conversations]
-        flat = encode_texts(tokenizer, [t for ts in texts for t in ts])
-        offset = 0
-        for i, ts in enumerate(texts):
-            encoded[i] = flat[offset : offset + len(ts)]
-            offset += len(ts)
+    encoded = template.encode_batch(tokenizer, conversations)
     out: dict[str, list] = {
         k: [] for k in ("input_ids", "labels", "length", "trainable", "truncated", "dropped")
     }
     for conv, enc in zip(conversations, encoded):
-        sampler = prefix_sampler(conv, tokenizer, template, masking, encoded=enc)
+        sampler = template.sampler(conv, tokenizer, masking, encoded=enc)
         roles = [m.role for m in conv.messages]
         input_ids, labels, truncated = fit_sample(sampler, roles, max_length, truncation)
         trainable = trainable_tokens(labels)
@@ -180,149 +158,52 @@ def cache_key(settings: dict[str, Any], sources: Sequence[str], tokenizer: Any) 
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-# ---------------------------------------------------------------- report
-
-
-def build_report(
-    settings: dict[str, Any],
-    stats: LoadStats,
-    lengths: Sequence[int],
-    trainable: Sequence[int],
-    truncated: Sequence[bool],
-    dropped: Sequence[str],
-) -> dict[str, Any]:
-    """The data report: records read, kept, dropped by reason, truncated, token lengths, supervised share.
-
-    Per-sample sequences cover every tokenized sample (kept and dropped) in input order.
-    """
-    kept = [i for i, reason in enumerate(dropped) if not reason]
-    kept_lengths = np.array([lengths[i] for i in kept], dtype=np.int64)
-    total = int(kept_lengths.sum())
-    supervised = int(sum(trainable[i] for i in kept))
-    drops = Counter(stats.invalid)
-    drops.update(reason for reason in dropped if reason)
-    percentiles = {}
-    if len(kept_lengths):
-        percentiles = {
-            "min": int(kept_lengths.min()),
-            "mean": round(float(kept_lengths.mean()), 1),
-            **{f"p{q}": int(np.percentile(kept_lengths, q)) for q in (50, 90, 95, 99)},
-            "max": int(kept_lengths.max()),
-        }
-    max_length = settings["model_max_length"]
-    return {
-        **settings,
-        "records_read": stats.read,
-        "samples_kept": len(kept),
-        "dropped": dict(sorted(drops.items())),
-        "truncated": int(sum(truncated[i] for i in kept)),
-        "tokens": total,
-        "trainable_tokens": supervised,
-        "trainable_share": round(supervised / total, 4) if total else 0.0,
-        "length": percentiles,
-        # What padding every sample to model_max_length (the official collation) would waste.
-        "static_padding_share": round(1 - total / (len(kept) * max_length), 4) if kept else 0.0,
-    }
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """A short table of the report for the console."""
-    length = report.get("length") or {}
-    rows = [
-        ("records read", report["records_read"]),
-        ("samples kept", report["samples_kept"]),
-        *((f"dropped: {reason}", n) for reason, n in report["dropped"].items()),
-        (f"truncated to {report['model_max_length']}", report["truncated"]),
-        ("tokens", report["tokens"]),
-        ("trainable share", f"{report['trainable_share']:.1%}"),
-        ("length p50/p90/p99/max", "/".join(str(length.get(k, "-")) for k in ("p50", "p90", "p99", "max"))),
-        ("padding if padded to max", f"{report['static_padding_share']:.1%}"),
-    ]
-    if "packing_efficiency" in report:
-        rows.append(("packing efficiency", f"{report['packing_efficiency']:.1%}"))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
-
-
-def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def format_sample(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int]) -> str:
-    """One sample decoded for a human: the input, then the labels with each masked run shown as ⟦-100 ×n⟧."""
-    parts: list[str] = []
-    run: list[int] = []
-    masked_run = 0
-    for label in labels:
-        if label == IGNORE_INDEX:
-            if run:
-                parts.append(tokenizer.decode(run))
-                run = []
-            masked_run += 1
-        else:
-            if masked_run:
-                parts.append(f"⟦-100 ×{masked_run}⟧")
-                masked_run = 0
-            run.append(label)
-    if run:
-        parts.append(tokenizer.decode(run))
-    if masked_run:
-        parts.append(f"⟦-100 ×{masked_run}⟧")
-    return (
-        f"input_ids ({len(input_ids)} tokens): {tokenizer.decode(list(input_ids))}\n"
-        f"labels ({trainable_tokens(labels)} trainable): {''.join(parts)}"
-    )
-
-
 # ---------------------------------------------------------------- entry point
 
 
 def build_dataset(
     tokenizer: Any,
-    data_path: str | Sequence[str],
-    template: str | None = None,
+    options: DataOptions,
     model_max_length: int = 512,
-    truncation: Truncation | str = Truncation.TURNS,
-    masking: Masking | str = Masking.ALL_TURNS,
-    skip_invalid: bool = False,
-    fmt: str | None = None,
-    num_proc: int | None = None,
+    data_path: str | Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
     model_type: str | None = None,
-):
+) -> tuple[Any, DataReport]:
     """Tokenized training samples and the data report.
 
     Returns ``(dataset, report)``: a `datasets.Dataset` with columns ``id``, ``input_ids``, ``labels`` (unpadded,
-    in input order, only samples with a trainable token) and ``length``; and the report dict (see
-    `build_report`; ``report["cache"]`` says "hit" or "miss"). ``template`` None picks baichuan2 for Baichuan
-    models (``model_type`` or the tokenizer class) and the tokenizer's chat template otherwise.
-    ``cache_dir`` None turns caching off. Raises `DataError` on bad data unless ``skip_invalid``.
+    in input order, only samples with a trainable token) and ``length``; and the `DataReport` (``report.cache``
+    says "hit", "miss" or "off"). ``data_path`` overrides ``options.data_path`` (the eval set is read with the
+    training options). ``options.template`` None picks baichuan2 for Baichuan models (``model_type`` or the
+    tokenizer class) and the tokenizer's chat template otherwise. ``cache_dir`` None turns caching off.
+    Raises `DataError` on bad data unless ``options.skip_invalid``.
     """
     import datasets
 
-    truncation, masking = Truncation(truncation), Masking(masking)
-    template = resolve_template(template, tokenizer, model_type)
-    sources = resolve_data_files(data_path)
-    settings = {
-        "data_path": list(sources),
-        "format": fmt,
-        "template": template,
-        "model_max_length": model_max_length,
-        "truncation": truncation.value,
-        "masking": masking.value,
-        "skip_invalid": skip_invalid,
-    }
+    truncation, masking = Truncation(options.truncation), Masking(options.mask)
+    template = resolve_template(options.template, tokenizer, model_type)
+    fmt = None if options.data_format == "auto" else options.data_format
+    sources = resolve_data_files(options.data_path if data_path is None else data_path)
+    report = DataReport(
+        data_path=list(sources),
+        format=fmt,
+        template=template.name,
+        model_max_length=model_max_length,
+        truncation=truncation.value,
+        masking=masking.value,
+        skip_invalid=options.skip_invalid,
+    )
+    settings = report.to_dict()
     cached = None
     if cache_dir is not None:
         cached = Path(cache_dir) / cache_key(settings, sources, tokenizer)
         if (cached / "report.json").is_file():
-            report = json.loads((cached / "report.json").read_text(encoding="utf-8"))
-            return datasets.load_from_disk(str(cached / "dataset")), {**report, "cache": "hit"}
+            report = DataReport.from_dict(json.loads((cached / "report.json").read_text(encoding="utf-8")))
+            report.cache = "hit"
+            return datasets.load_from_disk(str(cached / "dataset")), report
 
     stats = LoadStats()
-    conversations = load_conversations(sources, fmt=fmt, skip_invalid=skip_invalid, stats=stats)
+    conversations = load_conversations(sources, fmt=fmt, skip_invalid=options.skip_invalid, stats=stats)
     raw = datasets.Dataset.from_dict(
         {
             "id": [c.id for c in conversations],
@@ -331,6 +212,7 @@ def build_dataset(
             "contents": [[m.content for m in c.messages] for c in conversations],
         }
     )
+    num_proc = options.preprocessing_num_workers
     tokenized = raw.map(
         _tokenize_batch,
         batched=True,
@@ -348,8 +230,8 @@ def build_dataset(
         desc="Tokenizing",
     )
     meta = tokenized.select_columns(["length", "trainable", "truncated", "dropped"]).to_dict()
-    report = build_report(
-        settings, stats, meta["length"], meta["trainable"], meta["truncated"], meta["dropped"]
+    report.count(
+        stats.read, stats.invalid, meta["length"], meta["trainable"], meta["truncated"], meta["dropped"]
     )
     dataset = tokenized.filter(
         lambda reasons: [not r for r in reasons], input_columns="dropped", batched=True
@@ -357,10 +239,11 @@ def build_dataset(
     dataset = dataset.remove_columns(["trainable", "truncated", "dropped"])
     if cached is not None:
         dataset = _save(dataset, report, cached)
-    return dataset, {**report, "cache": "miss" if cached is not None else "off"}
+        report.cache = "miss"
+    return dataset, report
 
 
-def _save(dataset, report: dict[str, Any], target: Path):
+def _save(dataset, report: DataReport, target: Path):
     """Write dataset and report to ``target`` atomically (a crash leaves no half cache) and reload from there."""
     import datasets
 
@@ -368,7 +251,7 @@ def _save(dataset, report: dict[str, Any], target: Path):
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         dataset.save_to_disk(str(tmp / "dataset"))
-        write_report(report, tmp / "report.json")
+        report.write(tmp / "report.json")
         if target.exists():  # another process finished the same key first; its copy is identical
             shutil.rmtree(tmp)
         else:

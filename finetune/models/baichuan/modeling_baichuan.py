@@ -1,6 +1,6 @@
 """Native Baichuan2 for transformers 5: 7B (RoPE) and 13B (ALiBi) in one implementation.
 
-State-dict keys, module names and fp32 numerics follow the official remote code (BAICHUAN2_SPEC.md §3). What
+State-dict keys, module names and fp32 numerics follow the official remote code (docs/BAICHUAN2.md, "Models"). What
 differs on purpose:
 - packed rows: `position_ids` restarting at 0 inside a row start a new sequence (no attention across the
   boundary, RoPE positions and ALiBi distances restart) on every attention backend, 7B and 13B;

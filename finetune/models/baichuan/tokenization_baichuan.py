@@ -1,12 +1,13 @@
-"""Baichuan2's SentencePiece tokenizer on transformers 5 (BAICHUAN2_SPEC.md §4)."""
+"""Baichuan2's SentencePiece tokenizer on transformers 5 (docs/BAICHUAN2.md, "Tokenizer")."""
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from transformers.tokenization_utils_base import AddedToken
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+from ...jsonfile import read_json, write_json
 
 TOKENIZER_MODEL_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -120,12 +121,10 @@ class BaichuanTokenizer(SentencePieceBackend):
         prefix = kwargs.get("filename_prefix")
         prefix = f"{prefix}-" if prefix else ""
         config_path = Path(save_directory) / f"{prefix}{TOKENIZER_CONFIG_FILE}"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = read_json(config_path)
         config["add_bos_token"] = self.add_bos_token
         config["add_eos_token"] = self.add_eos_token
-        config_path.write_text(
-            json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8"
-        )
+        write_json(config_path, config, sort_keys=True)
         map_path = Path(save_directory) / f"{prefix}{SPECIAL_TOKENS_MAP_FILE}"
         # Official layout (AddedToken dicts): transformers <= 4.33 re-applies this file after init and strips the
         # whitespace around plain-string special tokens, which would change the ids of text containing " <s> ".
@@ -133,7 +132,7 @@ class BaichuanTokenizer(SentencePieceBackend):
             name: value if isinstance(value, list) else _added_token_dict(str(value))
             for name, value in self.special_tokens_map.items()
         }
-        map_path.write_text(json.dumps(token_map, indent=2, sort_keys=True) + "\n", "utf-8")
+        write_json(map_path, token_map, sort_keys=True)
         return (*files, str(map_path))
 
 

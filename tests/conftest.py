@@ -1,0 +1,40 @@
+"""Fixtures every test module shares: the tiny Baichuan2 checkpoints, the repository root as working directory,
+and the process-wide state that training code leaves behind, cleared after every test."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import ROOT
+
+from finetune.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny7b(tmp_path_factory):
+    """A tiny random Baichuan2-7B (RoPE) in the official 7B layout (one pytorch_model.bin). Read-only: a test
+    that changes files copies it first."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "7b", arch="7b", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny13b(tmp_path_factory):
+    """A tiny random Baichuan2-13B (ALiBi, 5 heads: not a power of two) in the official 13B layout (shards)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "13b", arch="13b", seed=0, fmt="sharded")
+
+
+@pytest.fixture
+def in_repo_root(monkeypatch):
+    """Relative paths in commands and recipes (ds_configs/, data/) resolve as in the README."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    """Parsing training arguments builds accelerate's process state and, with a ZeRO-3 config, transformers'
+    global DeepSpeed config (which makes from_pretrained partition); no later test may see either."""
+    yield
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    AcceleratorState._reset_state(reset_partial_state=True)
