@@ -147,14 +147,16 @@ class SFTTrainer(Trainer):
 
     def _agree_on_step(self, grad_norm) -> tuple[bool, bool, bool]:
         """(non-finite loss, non-finite gradient norm, stop requested) on any rank: one all-reduce of three
-        numbers. An fp16 overflow that the loss scaler skipped is not a divergence."""
-        skipped = self.accelerator.optimizer_step_was_skipped
-        bad_grad = grad_norm is not None and not skipped and not math.isfinite(float(grad_norm))
+        numbers, and the step's only host sync beyond the Trainer's own. An fp16 overflow that the loss scaler
+        skipped is not a divergence."""
         stop = self._stop_request is not None and self._stop_request.requested
-        flags = torch.tensor([0.0, float(bad_grad), float(stop)], device=self.args.device)
+        flags = torch.tensor([0.0, 0.0, float(stop)], device=self.args.device)
         if self._bad_loss is not None:
             flags[0] = self._bad_loss.to(flags.device, flags.dtype)
             self._bad_loss = None
+        if grad_norm is not None and not self.accelerator.optimizer_step_was_skipped:
+            norm = torch.as_tensor(grad_norm, dtype=torch.float32).to(flags.device)
+            flags[1] = (~torch.isfinite(norm)).to(flags.dtype)
         return tuple(v > 0 for v in self.accelerator.reduce(flags, reduction="sum").tolist())
 
     def _diverged_message(self, grad_norm, what: str) -> str:

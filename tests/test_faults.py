@@ -127,6 +127,21 @@ def test_nan_stops_at_its_step_and_saves_nothing_from_it(tiny7b, chat_data, work
     assert json.loads((out / "run.json").read_text())["status"] == "diverged"
 
 
+def test_non_finite_weights_are_never_saved_as_the_final_model(tiny7b, chat_data, workdir, run_sft):
+    """lr inf: step 1's loss and gradient norm are finite (computed before the update), the weights after it
+    are not. The final save refuses them naming a tensor; nothing that looks finished is written."""
+    out = workdir / "inf-weights"
+    args = run_args(
+        tiny7b, chat_data, out, "--learning_rate", "inf", "--max_steps", 1, "--save_strategy", "no"
+    )
+    status, errors, output = run_sft(*args)
+    assert status == exits.DIVERGED, output[-3000:]
+    assert (
+        len(errors) == 1 and "step 1: tensor " in errors[0] and "the final model was not written" in errors[0]
+    )
+    assert not (out / "model.safetensors").exists() and not (out / "trainer_state.json").exists()
+
+
 @pytest.mark.parametrize(
     ("losses", "grad_norms", "warn_at"),
     [
