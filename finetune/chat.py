@@ -31,12 +31,19 @@ import torch
 import transformers
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from finetune import dtypes
+from finetune import dtypes, exits
 from finetune.data.constants import OFFICIAL_CHAT_GENERATION
 from finetune.data.formats import DataError
 from finetune.data.templates import Template, resolve_template
 from finetune.dtypes import parse_dtype
-from finetune.loading import adapter_base, is_adapter_dir, load_model_for_inference, load_tokenizer
+from finetune.loading import (
+    LoadError,
+    adapter_base,
+    is_adapter_dir,
+    load_model_for_inference,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p", "typical_p")
 # transformers' values for the sampling-only settings that change nothing. Greedy decoding sets these rather
@@ -223,7 +230,7 @@ class Chat:
         fp32; ``device``: cuda, npu, cpu… (default: the accelerator when there is one)."""
         from finetune.devices import device_type
 
-        path = str(path)
+        path = resolve_model_path(str(path))
         model = load_model_for_inference(
             path,
             dtype=parse_dtype(dtype),
@@ -400,9 +407,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     transformers.utils.logging.disable_progress_bar()  # the weight-loading bar would interleave with the chat
-    if not Path(args.model).is_dir():
-        print(f"error: {args.model}: not a directory", file=sys.stderr)
-        return 1
     try:
         chat = Chat.from_pretrained(
             args.model,
@@ -413,9 +417,12 @@ def main(argv: list[str] | None = None) -> int:
             max_new_tokens=args.max_new_tokens,
             allow_base_mismatch=args.allow_base_mismatch,
         )
+    except LoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exits.BAD_INPUT
     except (DataError, OSError, ValueError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
-        return 1
+        return exits.BAD_INPUT
     if args.prompt is None:
         conversation_loop(chat, args.system)
         return 0

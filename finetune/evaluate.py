@@ -16,7 +16,6 @@ import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser
 
+from finetune import exits
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
 from finetune.data.dataset import build_dataset
@@ -31,7 +31,13 @@ from finetune.data.formats import DataError
 from finetune.data.options import DataOptions
 from finetune.dtypes import parse_dtype
 from finetune.jsonfile import write_json
-from finetune.loading import load_model_for_inference, load_tokenizer, model_type_of
+from finetune.loading import (
+    LoadError,
+    load_model_for_inference,
+    load_tokenizer,
+    model_type_of,
+    resolve_model_path,
+)
 
 
 def length_sorted_batches(
@@ -139,12 +145,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, DataOp
 def main(argv: list[str] | None = None) -> int:
     args, options = parse_args(argv)
     transformers.utils.logging.disable_progress_bar()
-    if not Path(args.model).is_dir():
-        print(f"error: {args.model}: not a directory", file=sys.stderr)
-        return 1
     try:
         result = evaluate(
-            args.model,
+            resolve_model_path(args.model),
             options,
             model_max_length=args.model_max_length,
             batch_size=args.batch_size,
@@ -152,19 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             allow_base_mismatch=args.allow_base_mismatch,
         )
-    except DataError as e:
+    except (DataError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2  # bad data, as finetune.sft and finetune.preprocess
+        return exits.BAD_INPUT
     except (OSError, ValueError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
-        return 1
+        return exits.BAD_INPUT
     print(
         f"eval loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  over {result['tokens']} supervised "
         f"tokens in {result['samples']} samples ({result['records_read']} records read)"
     )
     if args.output:
         write_json(args.output, result)
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

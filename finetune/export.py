@@ -35,10 +35,18 @@ from pathlib import Path
 
 import torch
 
+from finetune import exits
 from finetune.adapter_files import check_adapter_base
 from finetune.dtypes import DTYPES, config_dtype, config_name
 from finetune.jsonfile import read_json, write_json
-from finetune.loading import adapter_base, is_adapter_dir
+from finetune.loading import (
+    LoadError,
+    adapter_base,
+    check_model_dir,
+    is_adapter_dir,
+    load_errors,
+    require_finite,
+)
 from finetune.models.baichuan.portable import REMOTE_CODE_FILES
 from finetune.outputs import local_model_dir
 from finetune.remote_code import is_baichuan_dir, mark_tokenizer_files, ship_remote_code
@@ -113,13 +121,20 @@ def load_merged(
 
     if adapter is not None:
         check_adapter_base(adapter, model_dir, allow_base_mismatch)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    check_model_dir(model_dir)
+    with load_errors(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    require_finite(model, model_dir)
     if adapter is not None:
         from peft import PeftModel
 
+        check_model_dir(adapter)
+        with load_errors(adapter):
+            model = PeftModel.from_pretrained(model, adapter)
+        require_finite(model, adapter)  # names the adapter's own tensor, before the merge hides it
         # The merge runs in the export dtype, so a bf16 base is not held twice in fp32 (peft forms each B·A
         # in fp32 on CPU, then rounds once when adding it); --dtype fp32 merges exactly.
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = model.merge_and_unload()
     return model.eval()
 
 
@@ -246,6 +261,7 @@ def export(
         raise ExportError(f"{source}: not a model directory (no config.json)")
     output_dir = Path(output)
     check_output_dir(output_dir, [source] + ([Path(adapter)] if adapter else []))
+    check_model_dir(source)  # names a truncated or corrupt file before anything reads it
     baichuan = is_baichuan_dir(source)
     if fold_head and not baichuan:
         raise ExportError(
@@ -387,10 +403,13 @@ def main(argv: list[str] | None = None) -> int:
             max_shard_size=args.max_shard_size,
             allow_base_mismatch=args.allow_base_mismatch,
         )
-    except (ExportError, OSError, ValueError) as e:  # unreadable or mismatched checkpoints included
+    except (ExportError, LoadError, ValueError) as e:  # unreadable or mismatched checkpoints included
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return exits.BAD_INPUT
+    except OSError as e:  # writing the output: a full disk, permissions
+        print(f"error: writing {args.output} failed: {e}", file=sys.stderr)
+        return exits.FAILED
+    return exits.OK
 
 
 if __name__ == "__main__":

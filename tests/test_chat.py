@@ -206,9 +206,9 @@ def test_cli_one_shot_with_system(tiny7b, chat, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["--model", str(tmp_path / "missing"), "--prompt", "hi"]) == 1
+    assert main(["--model", str(tmp_path / "missing"), "--prompt", "hi"]) == 2
     (tmp_path / "empty").mkdir()
-    assert main(["--model", str(tmp_path / "empty"), "--prompt", "hi"]) == 1
+    assert main(["--model", str(tmp_path / "empty"), "--prompt", "hi"]) == 2
     for line in capsys.readouterr().err.strip().split("\n"):
         assert line.startswith("error: ")
 

@@ -114,7 +114,7 @@ def test_bad_data_is_one_line(setup, capsys):
     assert main(["--model", str(model_dir), "--data_path", str(bad), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "bad.json" in err
-    assert main(["--model", str(root / "missing"), "--data_path", str(bad)]) == 1
+    assert main(["--model", str(root / "missing"), "--data_path", str(bad)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 

@@ -222,7 +222,7 @@ def test_generic_model_merge(llama):
 
 def test_fold_norm_head_refuses_other_models(llama, capsys):
     base, _, root = llama
-    assert main(["--model", str(base), "--output", str(root / "x"), "--fold_norm_head"]) == 1
+    assert main(["--model", str(base), "--output", str(root / "x"), "--fold_norm_head"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "lm_head.weight" in err
 
@@ -237,7 +237,7 @@ def test_errors_are_one_line(baichuan, capsys, tmp_path):
         (["--adapter", str(adapter), "--base", str(tmp_path), "--output", str(tmp_path / "b")], "--base DIR"),
     ]
     for argv, problem in cases:
-        assert main(argv) == 1
+        assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and problem in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -359,9 +359,9 @@ def test_api_key_is_required_when_set(served):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert serve_main(["--model", str(tmp_path / "missing")]) == 1
+    assert serve_main(["--model", str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
-    assert serve_main(["--model", str(tmp_path / "empty")]) == 1
+    assert serve_main(["--model", str(tmp_path / "empty")]) == 2
     lines = capsys.readouterr().err.strip().split("\n")
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import transformers
 import uvicorn
 
-from finetune import dtypes
+from finetune import dtypes, exits
 from finetune.serve.app import create_app
 from finetune.serve.registry import load_models
 
@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.model:
         if not Path(path).is_dir():
             print(f"error: {path}: not a directory", file=sys.stderr)
-            return 1
+            return exits.BAD_INPUT
     try:
         models = load_models(args.model, args.dtype, args.device, args.template)
-    except ValueError as e:
+    except ValueError as e:  # LoadError included: one line naming the file
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exits.BAD_INPUT
     if not args.api_key and not _is_loopback(args.host):
         print(
             f"warning: listening on {args.host} without --api_key: anyone who reaches it can use the models"
