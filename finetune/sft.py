@@ -10,6 +10,7 @@ parse → tokenizer → model (+LoRA) → data → Trainer → train (resume) �
 # ruff: noqa: E402  (the start-up code below must run before the package imports)
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 from pathlib import Path
@@ -33,11 +34,12 @@ import finetune  # noqa: F401  (registers the native Baichuan2 classes)
 from finetune.args import ConfigError, parse_args, wants_lora
 from finetune.callbacks import LossCurveCallback
 from finetune.compile import compile_for_training
+from finetune.data.cache import resolve_cache_dir
 from finetune.data.collator import DataCollatorForSFT
-from finetune.data.dataset import build_dataset
 from finetune.data.formats import DataError
-from finetune.data.packing import pack_dataset
+from finetune.data.pipeline import prepare
 from finetune.data.report import format_sample
+from finetune.data.streaming import StreamingRows
 from finetune.devices import current_peak_flops, import_torch_npu
 from finetune.distributed import finish_distributed
 from finetune.loading import (
@@ -61,53 +63,88 @@ DATA_REPORT = "data_report.json"
 
 def setup_logging(training_args) -> None:
     level = training_args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    rank = f" [rank{training_args.process_index}]" if training_args.world_size > 1 else ""
+    logging.basicConfig(format=f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our loggers (finetune.sft, finetune.data.*): INFO on the main process, --log_level_replica on the others.
+    logging.getLogger("finetune").setLevel(logging.INFO if training_args.should_log else level)
     transformers.utils.logging.set_verbosity(level)
 
 
 def build_data(data_args, training_args, tokenizer, config, attn_implementation):
-    """Tokenized (and packed) train/eval sets, the collator, and the data report. Rank 0 tokenizes first;
-    the other ranks then read its cache."""
+    """Train/eval sets, the collator, and the data report. The main process of each node prepares the data (reads,
+    tokenizes, packs into the cache); the other ranks then memory-map its cache entries. With --streaming, rows are
+    read and packed as training consumes them (on rank 0 only)."""
     max_length = training_args.model_max_length
-    with training_args.main_process_first(desc="tokenizing"):
-        train, report = build_dataset(tokenizer, data_args, max_length, model_type=config.model_type)
-        evals = None
-        if data_args.eval_data_path:
-            evals, _ = build_dataset(
-                tokenizer,
-                data_args,
-                max_length,
-                data_path=data_args.eval_data_path,
-                model_type=config.model_type,
-            )
-    if data_args.val_size:
-        size = int(data_args.val_size) if data_args.val_size >= 1 else data_args.val_size
-        split = train.train_test_split(test_size=size, seed=training_args.seed)
-        train, evals = split["train"], split["test"]
-    if evals is not None:
-        evaluate_when_saving(training_args)
     packing = (
         data_args.packing if data_args.packing is not None else supports_packing(config, attn_implementation)
     )
-    if packing:
-        train, stats = pack_dataset(train, training_args.model_max_length)
-        report.packing_efficiency = stats["packing_efficiency"]
-        evals = pack_dataset(evals, training_args.model_max_length)[0] if evals is not None else None
-    elif training_args.train_sampling_strategy == "random":
+    if data_args.streaming:
+        train = StreamingRows(
+            tokenizer,
+            data_args,
+            max_length,
+            packing=packing,
+            seed=training_args.seed,
+            buffer=data_args.streaming_buffer,
+            model_type=config.model_type,
+        )
+        prepared = None
+    else:
+        with training_args.main_process_first(desc="preparing data"):
+            prepared = prepare(
+                tokenizer,
+                data_args,
+                max_length,
+                packing=packing,
+                cache_dir=resolve_cache_dir(data_args.data_cache_dir),
+                eval_data_path=data_args.eval_data_path,
+                val_size=data_args.val_size,
+                seed=training_args.seed,
+                model_type=config.model_type,
+            )
+        logger.info(
+            "data ready: tokenized samples %s (%s), %d %s",
+            "read from the cache" if prepared.report.cache == "hit" else "built",
+            ", ".join(
+                f"{stage} {figures['seconds']:.1f} s" for stage, figures in prepared.report.stages.items()
+            ),
+            len(prepared.train),
+            "packed rows" if packing else "samples",
+        )
+    report = prepared.report if prepared is not None else train.report
+    evals = None
+    if data_args.streaming and data_args.eval_data_path:
+        with training_args.main_process_first(desc="preparing eval data"):
+            evals = prepare(
+                tokenizer,
+                dataclasses.replace(data_args, data_path=data_args.eval_data_path),
+                max_length,
+                packing=packing,
+                cache_dir=resolve_cache_dir(data_args.data_cache_dir),
+                model_type=config.model_type,
+            ).train
+    elif prepared is not None:
+        train, evals = prepared.train, prepared.eval
+    if evals is not None:
+        evaluate_when_saving(training_args)
+    if not packing and not data_args.streaming and training_args.train_sampling_strategy == "random":
         # Padding: batches of similar lengths waste the least compute.
         training_args.train_sampling_strategy = "group_by_length"
     # The collator ignores the extra columns, and group_by_length reads "length".
     training_args.remove_unused_columns = False
-    report.packing = packing
-    return train, evals, make_collator(tokenizer, training_args, attn_implementation), report
+    fixed_width = data_args.streaming and training_args.world_size > 1
+    return train, evals, make_collator(tokenizer, training_args, attn_implementation, fixed_width), report
 
 
-def make_collator(tokenizer, training_args, attn_implementation: str) -> DataCollatorForSFT:
+def make_collator(
+    tokenizer, training_args, attn_implementation: str, fixed_width: bool = False
+) -> DataCollatorForSFT:
     """Rows padded to the batch's longest, except for flex_attention: compiled, it is specialised to one row
     length and recompiles for each new one, then runs uncompiled (the whole score matrix) past torch's
-    recompile limit; rows of one fixed width compile once."""
-    width = training_args.model_max_length if attn_implementation == "flex_attention" else None
+    recompile limit; rows of one fixed width compile once. ``fixed_width`` too for a stream on several ranks:
+    rank 0 concatenates the ranks' batches to dispatch them, which needs one width."""
+    fixed = fixed_width or attn_implementation == "flex_attention"
+    width = training_args.model_max_length if fixed else None
     return DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=width)
 
 
@@ -142,6 +179,10 @@ def announce(training_args, model, train, report, tokenizer) -> None:
         100 * trainable / total,
         model.config._attn_implementation,
     )
+    if isinstance(train, StreamingRows):
+        logger.info("data (streamed%s):\n%s", ", packed" if report.packing else "", report.table())
+        logger.info("sample:\n%s", format_sample(tokenizer, *train.first_sample()))
+        return
     logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
     first = train[0]
     sample = (first["input_ids"], first["labels"])
@@ -219,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         flops_per_token=training_flops_per_token(model),
         peak_flops=current_peak_flops(),
     )
-    trainer.train(resume_from_checkpoint=resume_target(training_args))
+    try:
+        trainer.train(resume_from_checkpoint=resume_target(training_args))
+    except DataError as e:  # --streaming meets a bad record only when training reaches it
+        return fail(e)
     trainer.save_state()
     trainer.save_model()
     if training_args.should_save:

@@ -104,10 +104,13 @@ def test_second_run_hits_the_cache_and_does_no_tokenizing(tmp_path, monkeypatch)
     def no_tokenizing(*args, **kw):
         raise AssertionError("tokenized on a cache hit")
 
-    monkeypatch.setattr(dataset_module, "_tokenize_batch", no_tokenizing)
+    monkeypatch.setattr(dataset_module, "tokenize_batch", no_tokenizing)
     second, report2 = build_dataset(CharTokenizer(), options, **kwargs)
     assert report2.cache == "hit"
     assert second.to_dict() == first.to_dict()
+    # The hit's report is the build's, with the time and memory of loading it added.
+    assert set(report2.stages) == {"read", "tokenize", "load"}
+    report2.stages.pop("load")
     assert {**report2.to_dict(), "cache": "miss"} == report.to_dict()
     # Any input of the key changing is a miss: here the max length, then the file itself.
     with pytest.raises(AssertionError, match="tokenized on a cache hit"):
