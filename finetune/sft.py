@@ -103,13 +103,12 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
                 model_type=config.model_type,
             )
         logger.info(
-            "data ready: tokenized samples %s (%s), %d %s",
-            "read from the cache" if prepared.report.cache == "hit" else "built",
-            ", ".join(
-                f"{stage} {figures['seconds']:.1f} s" for stage, figures in prepared.report.stages.items()
-            ),
+            "data ready in %.1f s: %d %s (tokenized samples: cache %s%s)",
+            prepared.seconds,
             len(prepared.train),
             "packed rows" if packing else "samples",
+            prepared.report.cache,
+            f"; packed rows: cache {prepared.packed_cache}" if packing else "",
         )
     report = prepared.report if prepared is not None else train.report
     evals = None

@@ -16,6 +16,10 @@ from finetune.data.dataset import TokenizedData
 from finetune.data.packing import best_fit_decreasing, pack, packed_key
 
 X = -100
+TOKENS = datasets.List(datasets.Value("int32"))
+FEATURES = datasets.Features(
+    {"input_ids": TOKENS, "labels": TOKENS, "id": datasets.Value("string"), "length": datasets.Value("int32")}
+)
 
 
 def samples(lengths, seed=0):
@@ -40,6 +44,7 @@ def on_disk(ds, directory, files=1) -> TokenizedData:
         part = ds.select(range(start, stop)).map(
             lambda batch: {"length": [len(x) for x in batch["input_ids"]]},
             batched=True,
+            features=FEATURES,  # as tokenizing writes them
             cache_file_name=str(directory / f"part-{i}.arrow"),
         )
         paths.append(part.cache_files[0]["filename"])

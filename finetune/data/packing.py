@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import os
 from array import array
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .cache import digest, find_entry, new_entry, temporary_cache
 from .constants import IGNORE_INDEX
 from .meter import measure
 
-# Rows per batch of the gathering map. A batch maps the files only while it takes its samples, and the kernel maps
+# Rows per batch of the gathering map. A batch maps the files only while it reads its samples, and the kernel maps
 # pages around each one it reads (fault-around), so a batch briefly adds about 0.2 MB of RSS per row.
 GATHER_BATCH = 512
 PACKED = "packed.json"  # an entry's list of row files
@@ -77,49 +78,85 @@ def best_fit_decreasing(lengths, capacity: int) -> tuple[np.ndarray, np.ndarray]
 # ---------------------------------------------------------------- gathering (runs inside Dataset.map)
 
 
-def _take(files: list[str], file_starts: np.ndarray, rows: np.ndarray):
-    """``input_ids`` and ``labels`` of the files' concatenation at ``rows`` (in that order), as Arrow list arrays.
-    Each file is memory-mapped for this call only."""
+def token_positions(files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where every sample's tokens lie in the tokenized Arrow files: per row of their concatenation, the file, the
+    positions (in int32 elements from the file's start) of its ``input_ids`` and ``labels``, and its length.
+
+    Arrow stores each record batch's list values as one contiguous int32 buffer, which a memory-mapped read leaves
+    in place, so these are file offsets: gathering a sample is then a slice of the file viewed as int32, with no
+    per-batch Arrow call (a file has hundreds of record batches)."""
     import pyarrow as pa
 
-    by_row = np.argsort(rows, kind="stable")
-    sorted_rows = rows[by_row]
-    which = np.searchsorted(file_starts, sorted_rows, side="right") - 1
-    ids, labels = [], []
-    for f in np.unique(which).tolist():
-        local = sorted_rows[which == f] - file_starts[f]
-        with pa.memory_map(files[f]) as source:
-            batches = pa.ipc.open_stream(source).read_all().to_batches()
-            # Take from each record batch, not from the chunked column: Arrow concatenates a chunked list column
-            # (the whole file) before taking from it.
-            batch_starts = np.cumsum([0] + [b.num_rows for b in batches])
-            in_batch = np.searchsorted(batch_starts, local, side="right") - 1
-            for b in np.unique(in_batch).tolist():
-                rows_in_b = pa.array(local[in_batch == b] - batch_starts[b])
-                ids.append(batches[b].column("input_ids").take(rows_in_b))
-                labels.append(batches[b].column("labels").take(rows_in_b))
-            del batches
-    back = pa.array(np.argsort(by_row, kind="stable"))
-    return pa.concat_arrays(ids).take(back), pa.concat_arrays(labels).take(back)
+    file_of, ids_at, labels_at, lengths = [], [], [], []
+    for f, path in enumerate(files):
+        with pa.memory_map(path) as source:
+            whole = source.read_buffer()
+            for batch in pa.ipc.open_stream(whole):
+                positions = {}
+                for name in ("input_ids", "labels"):
+                    column = batch.column(name)
+                    values = column.values.buffers()[1]
+                    byte = values.address - whole.address
+                    if (
+                        column.values.type != pa.int32()
+                        or byte % 4
+                        or not 0 <= byte <= whole.size - values.size
+                    ):
+                        raise RuntimeError(f"{path}: {name} is not stored as plain int32 values in the file")
+                    offsets = column.offsets.to_numpy().astype(np.int64)
+                    positions[name] = byte // 4 + column.values.offset + offsets[:-1]
+                    if name == "input_ids":
+                        lengths.append(np.diff(offsets))
+                ids_at.append(positions["input_ids"])
+                labels_at.append(positions["labels"])
+                file_of.append(np.full(batch.num_rows, f, dtype=np.int32))
+            del whole
+    if not file_of:
+        return (np.zeros(0, dtype=np.int32), *(np.zeros(0, dtype=np.int64) for _ in range(3)))
+    return np.concatenate(file_of), np.concatenate(ids_at), np.concatenate(labels_at), np.concatenate(lengths)
 
 
-def _gather_rows(batch: dict[str, np.ndarray], files, file_starts, order, offsets):
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices of the ranges [start, start + length), concatenated."""
+    before = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=before[1:])
+    return np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
+def _read(files, file_of, starts, lengths) -> np.ndarray:
+    """The int32 ranges (file, start, length) of the files, concatenated in order. Each file is memory-mapped for
+    this call only, so the pages it touches leave the process with it."""
+    out = np.empty(int(lengths.sum()), dtype=np.int32)
+    at = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=at[1:])
+    for f in np.unique(file_of).tolist():
+        mine = file_of == f
+        path = files[f]
+        tokens = np.memmap(path, dtype=np.int32, mode="r", shape=(os.path.getsize(path) // 4,))
+        out[_ranges(at[mine], lengths[mine])] = tokens[_ranges(starts[mine], lengths[mine])]
+        del tokens
+    return out
+
+
+def _gather_rows(batch: dict[str, np.ndarray], files, file_of, ids_at, labels_at, lengths, offsets):
     """The packed rows ``batch["row"]`` (consecutive): their samples' tokens joined, labels with each sample's
-    first label -100, position_ids restarting at every sample."""
+    first label -100, position_ids restarting at every sample. The per-sample arrays are in placement order:
+    row r holds samples ``offsets[r]:offsets[r + 1]``."""
     import pyarrow as pa
 
     first, last = int(batch["row"][0]), int(batch["row"][-1]) + 1
-    samples = order[offsets[first] : offsets[last]]
-    ids, labels = _take(files, file_starts, samples)
-    lengths = np.diff(ids.offsets.to_numpy())
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    flat_ids = ids.flatten().to_numpy()
-    flat_labels = labels.flatten().to_numpy().copy()
+    span = slice(offsets[first], offsets[last])
+    sample_lengths = lengths[span]
+    flat_ids = _read(files, file_of[span], ids_at[span], sample_lengths)
+    flat_labels = _read(files, file_of[span], labels_at[span], sample_lengths)
+    starts = np.zeros(len(sample_lengths), dtype=np.int64)
+    np.cumsum(sample_lengths[:-1], out=starts[1:])
     # A sample's first label is never a target unpacked (labels are shifted); packed, it would be the target of
     # the previous sample's last token.
     flat_labels[starts] = IGNORE_INDEX
-    positions = (np.arange(len(flat_ids), dtype=np.int64) - np.repeat(starts, lengths)).astype(np.int32)
+    positions = (np.arange(len(flat_ids), dtype=np.int64) - np.repeat(starts, sample_lengths)).astype(
+        np.int32
+    )
     row_offsets = np.append(starts, len(flat_ids))[offsets[first : last + 1] - offsets[first]].astype(
         np.int32
     )
@@ -184,11 +221,12 @@ def pack(data, max_length: int, cache_dir: str | Path | None = None, num_proc: i
     workers = num_proc if num_proc and num_proc > 1 else None
     with new_entry(root, key) as building:
         with measure(stages, "pack", workers=workers or 1) as figures:
-            lengths = data.column("length")
+            file_of, ids_at, labels_at, all_lengths = token_positions(data.files)
+            lengths = all_lengths[data.rows]
             order, offsets = best_fit_decreasing(lengths, max_length)
             rows = len(offsets) - 1
             tokens = int(lengths.sum())
-            file_starts = np.concatenate([[0], np.cumsum(data.file_rows)])[:-1]
+            placed = data.rows[order]
             row_ids = datasets.Dataset.from_dict({"row": np.arange(rows, dtype=np.int64)}).with_format(
                 "numpy"
             )
@@ -199,8 +237,10 @@ def pack(data, max_length: int, cache_dir: str | Path | None = None, num_proc: i
                 num_proc=workers if workers and rows > GATHER_BATCH else None,
                 fn_kwargs={
                     "files": list(data.files),
-                    "file_starts": file_starts,
-                    "order": data.rows[order],
+                    "file_of": file_of[placed],
+                    "ids_at": ids_at[placed],
+                    "labels_at": labels_at[placed],
+                    "lengths": all_lengths[placed],
                     "offsets": offsets,
                 },
                 remove_columns=["row"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ class TrainingData:
     train: Any  # datasets.Dataset: samples, or packed rows
     eval: Any | None
     report: DataReport
+    seconds: float  # how long preparing took in this process
+    packed_cache: str | None = None  # "hit", "miss" or "off" for the packed rows; None unpacked
 
 
 def split_rows(count: int, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +58,7 @@ def prepare(
 
     The held-out split (``val_size``) is drawn from the tokenized samples before packing, so packed rows never mix
     train and eval samples. Raises `DataError` as `tokenize_data` does."""
+    start = time.perf_counter()
     data, report = tokenize_data(tokenizer, options, max_length, cache_dir=cache_dir, model_type=model_type)
     evals: TokenizedData | None = None
     if eval_data_path:
@@ -71,7 +75,8 @@ def prepare(
         data, evals = data.select(train_rows), data.select(eval_rows)
     report.packing = packing
     if not packing:
-        return TrainingData(data.dataset(), evals.dataset() if evals is not None else None, report)
+        evals = evals.dataset() if evals is not None else None
+        return TrainingData(data.dataset(), evals, report, time.perf_counter() - start)
     workers = options.preprocessing_num_workers
     train, stats = pack(data, max_length, cache_dir, workers)
     report.packing_efficiency = stats["packing_efficiency"]
@@ -88,4 +93,4 @@ def prepare(
         100 * stats["packing_efficiency"],
         stats["cache"],
     )
-    return TrainingData(train, packed_eval, report)
+    return TrainingData(train, packed_eval, report, time.perf_counter() - start, stats["cache"])
