@@ -390,7 +390,7 @@ def test_other_ranks_map_the_data_cache_and_tokenize_nothing(tiny7b, chat_data, 
     result = run_sft(
         "--model_name_or_path", tiny7b, "--data_path", chat_data, "--output_dir", workdir / "ranks",
         "--max_steps", 1, "--per_device_train_batch_size", 1, "--data_cache_dir", workdir / "ranks-cache",
-        "--log_level_replica", "info",
+        "--log_level_replica", "info", "--use_lora", "True", "--deepspeed", "ds_configs/zero2.json",
     )  # fmt: skip
     lines = (result.stdout + result.stderr).splitlines()
     ours = {

@@ -99,3 +99,25 @@ def test_streamed_training_resumes_at_the_right_row(tiny7b, tmp_path, in_repo_ro
 
     assert losses(resumed) == losses(straight)
     assert len(set(losses(straight).values())) == 4
+
+
+def test_dataloader_workers_share_the_windows_and_never_hang(corpus):
+    """Two DataLoader workers tokenize alternate windows (worker 0 window 0, worker 1 window 1 of two), and the
+    loader takes a row from each in turn; a worker left without a window ends instead of waiting forever."""
+    import torch
+
+    single = rows(stream(corpus, buffer=150), 400)
+    first_window = len(rows(stream(corpus, buffer=150).window_rows(0, 0, _window(corpus, 0, 150)), 1000))
+    loader = rows(
+        torch.utils.data.DataLoader(stream(corpus, buffer=150), batch_size=None, num_workers=2), 100
+    )
+    assert loader[0::2] == single[:50]
+    assert loader[1::2] == single[first_window : first_window + 50]
+    alone = torch.utils.data.DataLoader(stream(corpus, buffer=1000), batch_size=None, num_workers=2)
+    assert rows(alone, 10) == rows(stream(corpus, buffer=1000), 10)
+
+
+def _window(path, index, size):
+    from finetune.data.formats import load_conversations
+
+    return load_conversations(path)[index * size : (index + 1) * size]

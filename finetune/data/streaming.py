@@ -129,8 +129,10 @@ class StreamingRows(torch.utils.data.IterableDataset):
                     for row in self.window_rows(epoch, window, chunk):
                         produced = True
                         yield row
-            if not produced and workers == 1:
-                raise DataError(", ".join(self._sources), "no sample with a trainable token to stream")
+            if not produced:
+                if workers == 1:
+                    raise DataError(", ".join(self._sources), "no sample with a trainable token to stream")
+                return  # more workers than windows with samples: the others stream them
 
     def first_sample(self) -> tuple[list[int], list[int]]:
         """The first kept sample (for the start-up log), reading only as far as it."""
