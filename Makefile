@@ -3,13 +3,15 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
+# Second environment with the official stack (transformers 4.33.3), for the tests that load our outputs there.
+OFFICIAL_STAMP := .venv-official/.installed
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # Offline by design: nothing is fetched from a model hub at run time.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format bench test-multinode clean
+.PHONY: setup official demo test lint format bench test-multinode clean
 
 setup: $(STAMP)
 
@@ -20,10 +22,20 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# torch comes from the same local CPU wheel as .venv's (pip's configured find-links), never a CUDA build.
+official: $(OFFICIAL_STAMP)
+
+$(OFFICIAL_STAMP): requirements-official.txt
+	test -x .venv-official/bin/python || python3 -m venv .venv-official
+	.venv-official/bin/pip install -q -r requirements-official.txt
+	touch $(OFFICIAL_STAMP)
+
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+# The page test drives Debian's headless Chromium: installed here when missing (as root; it skips otherwise).
+test: setup official
+	bash tests/browser/install.sh
 	$(PY) -m pytest -q --durations=10
 
 lint: setup

@@ -8,7 +8,10 @@ the official extras (`cache_dir`, `optim`, `model_max_length`, `use_lora`) live 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from transformers.utils import is_torch_tf32_available, logging
 from .data.options import DataOptions
 from .devices import cpu_has_bf16_matmul, default_ddp_backend, has_accelerator
 from .distributed import init_cpu_deepspeed_state, needs_cpu_deepspeed_state
+from .foreign_flags import check_world_size, cpu_launch_rules, translate_foreign_flags
 
 OFFICIAL_LORA_TARGETS = ["W_pack"]
 
@@ -111,6 +115,18 @@ class TrainingArguments(transformers.TrainingArguments):
         default=512, metadata={"help": "Maximum tokens per sample (and per packed row)."}
     )
     use_lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of all weights."})
+    # transformers 5 dropped this flag; here it guards an output directory that holds another run.
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete the outputs of an earlier run in output_dir (checkpoints included) before training; "
+            "without it such a directory is refused unless the run resumes it."
+        },
+    )
+    # A NaN loss must show as NaN (transformers' default logs the previous mean instead); the run stops at it.
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Log a NaN/inf loss as the mean of the previous ones (off here)."}
+    )
     warmup_ratio: float | None = field(
         default=None,
         metadata={
@@ -119,6 +135,9 @@ class TrainingArguments(transformers.TrainingArguments):
     )
 
     def __post_init__(self):
+        cpu_launch_rules(self)  # torchrun / --fsdp on CPU ranks (finetune/foreign_flags.py)
+        if isinstance(self.deepspeed, str):
+            check_deepspeed_config(self.deepspeed)
         if self.warmup_ratio is not None:
             if not 0.0 <= self.warmup_ratio < 1.0:
                 raise ConfigError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
@@ -174,13 +193,62 @@ class TrainingArguments(transformers.TrainingArguments):
         return self.global_batch_size() * self.model_max_length
 
 
+def check_deepspeed_config(path: str) -> None:
+    """`--deepspeed` names a JSON file (transformers also takes a JSON string); name the file and the flag
+    rather than letting a JSONDecodeError surface from inside transformers."""
+    if path.lstrip().startswith("{"):
+        return
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--deepspeed {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--deepspeed {path}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"--deepspeed {path}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg})"
+        ) from None
+
+
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
+
+# transformers 4 flags that transformers 5 renamed or dropped: the exact replacement beats a spelling guess.
+RENAMED_FLAGS = {
+    "evaluation_strategy": "eval_strategy",
+    "no_cuda": "use_cpu",
+    "per_gpu_train_batch_size": "per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
+    "fp16_backend": "half_precision_backend",
+    "push_to_hub_model_id": "hub_model_id",
+}
+
+
+class _Parser(HfArgumentParser):
+    """argparse's own errors (a bad value, a missing required flag) as one `ConfigError` line instead of the
+    usage of some 200 flags."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
 
 
 def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = _Parser(ARGUMENT_CLASSES)
     parser.add_argument("--config", default=None, help="YAML recipe whose keys are defaults for these flags.")
     return parser
+
+
+def suggestion(name: str, known: list[str]) -> str:
+    """ " (did you mean --x?)" for a mistyped or renamed flag, else ""."""
+    match = RENAMED_FLAGS.get(name) or next(
+        iter(difflib.get_close_matches(name, known, n=1, cutoff=0.7)), None
+    )
+    if match is None or match not in known:
+        return ""
+    return f" (did you mean --{match}?)"
+
+
+def known_flags(parser: argparse.ArgumentParser) -> list[str]:
+    return [a.dest for a in parser._actions if a.dest not in ("help", "config")]
 
 
 def read_recipe(path: str | Path) -> dict:
@@ -191,12 +259,23 @@ def read_recipe(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values, got {type(data).__name__}")
     return data
+
+
+def _key_lines(path: str | Path) -> dict[str, int]:
+    """The line of each top-level key of a recipe, for messages about a key."""
+    node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
 
 
 def apply_config(parser: argparse.ArgumentParser, config: dict, source: str) -> None:
@@ -205,7 +284,11 @@ def apply_config(parser: argparse.ArgumentParser, config: dict, source: str) -> 
     for key, value in config.items():
         action = actions.get(key)
         if action is None or key == "config":
-            raise ConfigError(f"{source}: unknown key '{key}'")
+            line = _key_lines(source).get(key) if Path(source).is_file() else None
+            where = f", line {line}" if line else ""
+            raise ConfigError(
+                f"{source}{where}: unknown key '{key}'{suggestion(str(key), known_flags(parser))}"
+            )
         if action.nargs in ("+", "*") and not isinstance(value, list):
             value = [value]
         # A recipe can supply a field the dataclass marks required (data_path).
@@ -217,6 +300,8 @@ def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, LoraArguments, TrainingArguments]:
     parser = build_parser()
+    # FastChat's flags (finetune/foreign_flags.py)
+    argv = translate_foreign_flags(sys.argv[1:] if argv is None else list(argv))
     config_path = _config_flag(argv)
     if config_path is not None:
         apply_config(parser, read_recipe(config_path), config_path)
@@ -224,10 +309,23 @@ def parse_args(
         args=argv, look_for_args_file=False, return_remaining_strings=True
     )
     if unknown:
-        raise ConfigError(f"unknown argument(s): {' '.join(unknown)}")
+        raise ConfigError(unknown_arguments_message(unknown, known_flags(parser)))
     model_args, data_args, lora_args, training_args = dataclasses_
     validate(model_args, data_args, lora_args, training_args)
     return model_args, data_args, lora_args, training_args
+
+
+def unknown_arguments_message(unknown: list[str], known: list[str]) -> str:
+    """One line for everything argparse could not place: each unknown --flag with a suggestion, and the
+    stray values."""
+    flags = [token for token in unknown if token.startswith("--")]
+    if not flags:
+        return f"unexpected value(s) without a flag: {' '.join(unknown)}"
+    parts = []
+    for token in flags:
+        name = token[2:].split("=", 1)[0]
+        parts.append(f"--{name}{suggestion(name, known)}")
+    return f"unknown argument{'s' if len(parts) > 1 else ''}: {'; '.join(parts)}"
 
 
 def _config_flag(argv: list[str] | None) -> str | None:
@@ -251,6 +349,7 @@ def validate(
         )
     if training_args.bf16 and training_args.fp16:
         raise ConfigError("give --bf16 or --fp16, not both")
+    check_world_size(training_args)
     if not (math.isfinite(data_args.val_size) and data_args.val_size >= 0):
         raise ConfigError(f"--val_size must be a fraction (<1) or a count (>=1), got {data_args.val_size}")
     if data_args.streaming:

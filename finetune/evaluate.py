@@ -16,7 +16,6 @@ import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser
 
+from finetune import exits
 from finetune.data.cache import resolve_cache_dir
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
@@ -32,7 +32,13 @@ from finetune.data.formats import DataError
 from finetune.data.options import DataOptions
 from finetune.dtypes import parse_dtype
 from finetune.jsonfile import write_json
-from finetune.loading import load_model_for_inference, load_tokenizer, model_type_of
+from finetune.loading import (
+    LoadError,
+    load_model_for_inference,
+    load_tokenizer,
+    model_type_of,
+    resolve_model_path,
+)
 
 
 def length_sorted_batches(
@@ -77,6 +83,7 @@ def evaluate(
     batch_size: int = 4,
     dtype: str = "auto",
     device: str | None = None,
+    allow_base_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``options.data_path``; returns the metrics with the settings that produced them."""
     from finetune.devices import device_type
@@ -90,7 +97,12 @@ def evaluate(
         cache_dir=resolve_cache_dir(options.data_cache_dir),
         model_type=model_type_of(model_path),
     )
-    model = load_model_for_inference(model_path, dtype=parse_dtype(dtype), device=device or device_type())
+    model = load_model_for_inference(
+        model_path,
+        dtype=parse_dtype(dtype),
+        device=device or device_type(),
+        allow_base_mismatch=allow_base_mismatch,
+    )
     samples = dataset.select_columns(["input_ids", "labels"]).to_list()
     collator = DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id)
     metrics = evaluate_loss(model, length_sorted_batches(samples, batch_size, collator))
@@ -121,6 +133,9 @@ class EvaluateArguments:
         default=None, metadata={"help": "cuda, npu, cpu… (default: the accelerator when there is one)"}
     )
     output: str | None = field(default=None, metadata={"help": "also write the metrics to this JSON file"})
+    allow_base_mismatch: bool = field(
+        default=False, metadata={"help": "load an adapter onto a base it was not trained on"}
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, DataOptions]:
@@ -134,31 +149,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, DataOp
 def main(argv: list[str] | None = None) -> int:
     args, options = parse_args(argv)
     transformers.utils.logging.disable_progress_bar()
-    if not Path(args.model).is_dir():
-        print(f"error: {args.model}: not a directory", file=sys.stderr)
-        return 1
     try:
         result = evaluate(
-            args.model,
+            resolve_model_path(args.model),
             options,
             model_max_length=args.model_max_length,
             batch_size=args.batch_size,
             dtype=args.dtype,
             device=args.device,
+            allow_base_mismatch=args.allow_base_mismatch,
         )
-    except DataError as e:
+    except (DataError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2  # bad data, as finetune.sft and finetune.preprocess
+        return exits.BAD_INPUT
     except (OSError, ValueError) as e:
         print(f"error: {args.model}: {e}", file=sys.stderr)
-        return 1
+        return exits.BAD_INPUT
     print(
         f"eval loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  over {result['tokens']} supervised "
         f"tokens in {result['samples']} samples ({result['records_read']} records read)"
     )
     if args.output:
         write_json(args.output, result)
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

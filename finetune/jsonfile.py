@@ -18,6 +18,9 @@ def write_json(path: str | os.PathLike, value: Any, *, sort_keys: bool = False) 
     text = json.dumps(value, ensure_ascii=False, indent=2, sort_keys=sort_keys) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a config or report is read by others on a shared cluster, so
+        # it gets the mode an ordinary open() would give it.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -25,6 +28,12 @@ def write_json(path: str | os.PathLike, value: Any, *, sort_keys: bool = False) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: str | os.PathLike) -> Any:

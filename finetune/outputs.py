@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from .jsonfile import write_json
+from .remote_code import is_baichuan_dir, mark_tokenizer_files, ship_remote_code
 
 
 def local_model_dir(name_or_path: str, cache_dir: str | None = None) -> Path | None:
@@ -27,12 +28,18 @@ BASE_CONFIG_KEYS = ("auto_map", "use_cache")
 
 
 def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
-    """Make a full fine-tuned output a drop-in replacement for its base: the base's remote-code files (*.py),
-    tokenizer files and generation_config.json as they were (training never changes them), and the config
-    keys training touched (auto_map, use_cache) back to the base's values, with `torch_dtype` beside
-    transformers 5's `dtype` for older readers (the official code, vLLM, FastChat)."""
+    """Make a full fine-tuned output a drop-in replacement for its base: the base's tokenizer files and
+    generation_config.json as they were (training never changes them), and the config keys training touched
+    (auto_map, use_cache) back to the base's values, with `torch_dtype` beside transformers 5's `dtype` for
+    older readers (the official code, vLLM, FastChat).
+
+    Remote code: a Baichuan2 output gets this project's portable files (which load on transformers 4.33 and
+    5; the official ones fail on 5), its special tokens marked and a chat template (`finetune.remote_code`);
+    any other model keeps its base's own `*.py`."""
     output_dir, base_dir = Path(output_dir), Path(base_dir)
-    patterns = ("*.py", *TOKENIZER_FILES, "generation_config.json")
+    patterns = (*TOKENIZER_FILES, "generation_config.json")
+    if not is_baichuan_dir(base_dir):
+        patterns = ("*.py", *patterns)
     for source in sorted({p for pattern in patterns for p in base_dir.glob(pattern) if p.is_file()}):
         shutil.copy2(source, output_dir / source.name)
     base_config, out_config = base_dir / "config.json", output_dir / "config.json"
@@ -43,3 +50,6 @@ def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
         if "dtype" in saved:
             saved.setdefault("torch_dtype", saved["dtype"])
         write_json(out_config, saved, sort_keys=True)
+    if is_baichuan_dir(output_dir):
+        ship_remote_code(output_dir)
+        mark_tokenizer_files(output_dir)

@@ -4,7 +4,11 @@
     torchrun --nproc_per_node 8 finetune/sft.py ...
     python finetune/sft.py ...
 
-parse → tokenizer → model (+LoRA) → data → Trainer → train (resume) → save
+parse → output directory (run.json, resume point) → tokenizer → data → model (+LoRA) → Trainer → train → save
+
+Exit statuses (finetune/exits.py, docs/USING.md): 0 done; 1 a save failed (disk full, I/O); 2 bad input (flags,
+recipe, data, model, output directory), one line; 3 diverged (NaN/inf); 75 stopped by SIGTERM/SIGINT after
+saving a resumable checkpoint; 130 a second Ctrl-C.
 """
 
 # ruff: noqa: E402  (the start-up code below must run before the package imports)
@@ -31,18 +35,29 @@ import transformers
 from transformers.trainer_utils import IntervalStrategy
 
 import finetune  # noqa: F401  (registers the native Baichuan2 classes)
+from finetune import exits
 from finetune.args import ConfigError, parse_args, wants_lora
 from finetune.callbacks import LossCurveCallback
+from finetune.checkpoints import (
+    SaveError,
+    checkpoint_problem,
+    checkpoints_of,
+    newest_intact_checkpoint,
+    remove_staging,
+)
 from finetune.compile import compile_for_training
 from finetune.data.cache import resolve_cache_dir
 from finetune.data.collator import DataCollatorForSFT
-from finetune.data.formats import DataError
+from finetune.data.formats import DataError, resolve_data_files
 from finetune.data.pipeline import prepare
 from finetune.data.report import format_sample
 from finetune.data.streaming import StreamingRows
 from finetune.devices import current_peak_flops, import_torch_npu
 from finetune.distributed import finish_distributed
+from finetune.finite import DivergedError
 from finetune.loading import (
+    LoadError,
+    check_model_dir,
     load_model_config,
     load_model_for_training,
     load_tokenizer,
@@ -51,6 +66,16 @@ from finetune.loading import (
     supports_packing,
 )
 from finetune.lora import add_lora
+from finetune.output_dir import (
+    OutputDirError,
+    check_output_dir,
+    clear_outputs,
+    read_manifest,
+    run_identity,
+    set_status,
+    write_manifest,
+)
+from finetune.preemption import Preempted, StopRequest
 from finetune.trainer import SFTTrainer, count_parameters, training_flops_per_token
 
 gc.freeze()
@@ -59,6 +84,7 @@ gc.enable()
 logger = logging.getLogger("finetune.sft")
 
 DATA_REPORT = "data_report.json"
+EVAL_DATA_REPORT = "eval_data_report.json"  # the same report for --eval_data_path
 
 
 def setup_logging(training_args) -> None:
@@ -71,13 +97,15 @@ def setup_logging(training_args) -> None:
 
 
 def build_data(data_args, training_args, tokenizer, config, attn_implementation):
-    """Train/eval sets, the collator, and the data report. The main process of each node prepares the data (reads,
-    tokenizes, packs into the cache); the other ranks then memory-map its cache entries. With --streaming, rows are
-    read and packed as training consumes them (on rank 0 only)."""
+    """Train/eval sets, the collator, and the data reports (the eval set's: None without --eval_data_path). The
+    main process of each node prepares the data (reads, tokenizes, packs into the data cache); the other ranks
+    then memory-map its cache entries. With --streaming, rows are read and packed as training consumes them (on
+    rank 0 only)."""
     max_length = training_args.model_max_length
     packing = (
         data_args.packing if data_args.packing is not None else supports_packing(config, attn_implementation)
     )
+    cache_dir = resolve_cache_dir(data_args.data_cache_dir)
     if data_args.streaming:
         train = StreamingRows(
             tokenizer,
@@ -88,7 +116,19 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
             buffer=data_args.streaming_buffer,
             model_type=config.model_type,
         )
-        prepared = None
+        report, evals, eval_report = train.report, None, None
+        if data_args.eval_data_path:
+            with training_args.main_process_first(desc="preparing eval data"):
+                held_out = prepare(
+                    tokenizer,
+                    dataclasses.replace(data_args, data_path=data_args.eval_data_path),
+                    max_length,
+                    packing=packing,
+                    cache_dir=cache_dir,
+                    model_type=config.model_type,
+                    require=True,
+                )
+            evals, eval_report = held_out.train, held_out.report
     else:
         with training_args.main_process_first(desc="preparing data"):
             prepared = prepare(
@@ -96,11 +136,12 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
                 data_args,
                 max_length,
                 packing=packing,
-                cache_dir=resolve_cache_dir(data_args.data_cache_dir),
+                cache_dir=cache_dir,
                 eval_data_path=data_args.eval_data_path,
                 val_size=data_args.val_size,
                 seed=training_args.seed,
                 model_type=config.model_type,
+                require=True,
             )
         logger.info(
             "data ready in %.1f s: %d %s (tokenized samples: cache %s%s)",
@@ -110,20 +151,12 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
             prepared.report.cache,
             f"; packed rows: cache {prepared.packed_cache}" if packing else "",
         )
-    report = prepared.report if prepared is not None else train.report
-    evals = None
-    if data_args.streaming and data_args.eval_data_path:
-        with training_args.main_process_first(desc="preparing eval data"):
-            evals = prepare(
-                tokenizer,
-                dataclasses.replace(data_args, data_path=data_args.eval_data_path),
-                max_length,
-                packing=packing,
-                cache_dir=resolve_cache_dir(data_args.data_cache_dir),
-                model_type=config.model_type,
-            ).train
-    elif prepared is not None:
-        train, evals = prepared.train, prepared.eval
+        train, evals, report, eval_report = (
+            prepared.train,
+            prepared.eval,
+            prepared.report,
+            prepared.eval_report,
+        )
     if evals is not None:
         evaluate_when_saving(training_args)
     if not packing and not data_args.streaming and training_args.train_sampling_strategy == "random":
@@ -132,7 +165,8 @@ def build_data(data_args, training_args, tokenizer, config, attn_implementation)
     # The collator ignores the extra columns, and group_by_length reads "length".
     training_args.remove_unused_columns = False
     fixed_width = data_args.streaming and training_args.world_size > 1
-    return train, evals, make_collator(tokenizer, training_args, attn_implementation, fixed_width), report
+    collator = make_collator(tokenizer, training_args, attn_implementation, fixed_width)
+    return train, evals, collator, report, eval_report
 
 
 def make_collator(
@@ -157,7 +191,7 @@ def evaluate_when_saving(training_args) -> None:
     training_args.eval_steps = training_args.save_steps
 
 
-def announce(training_args, model, train, report, tokenizer) -> None:
+def announce(training_args, model, train, report, eval_report, tokenizer) -> None:
     """What a human should check before the first step: derived batch numbers, trainable share, data, and one
     decoded sample with its masked spans."""
     if not training_args.should_log:
@@ -180,15 +214,19 @@ def announce(training_args, model, train, report, tokenizer) -> None:
     )
     if isinstance(train, StreamingRows):
         logger.info("data (streamed%s):\n%s", ", packed" if report.packing else "", report.table())
-        logger.info("sample:\n%s", format_sample(tokenizer, *train.first_sample()))
-        return
-    logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
-    first = train[0]
-    sample = (first["input_ids"], first["labels"])
-    if report.packing:
-        # Show the first sample of the row, not the whole row.
-        end = next((i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"]))
-        sample = (first["input_ids"][:end], first["labels"][:end])
+        sample = train.first_sample()
+    else:
+        logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
+        first = train[0]
+        sample = (first["input_ids"], first["labels"])
+        if report.packing:
+            # Show the first sample of the row, not the whole row.
+            end = next(
+                (i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"])
+            )
+            sample = (first["input_ids"][:end], first["labels"][:end])
+    if eval_report is not None:
+        logger.info("eval data (--eval_data_path):\n%s", eval_report.table())
     logger.info("sample:\n%s", format_sample(tokenizer, *sample))
 
 
@@ -200,52 +238,135 @@ def resume_target(training_args) -> str | bool | None:
     return True if value.lower() == "true" else value
 
 
-def fail(error: Exception) -> int:
-    """One line on stderr and exit status 2; every rank meets the same error, so none waits for another."""
+def run_mode(training_args, lora_args) -> str:
+    return "qlora" if lora_args.q_lora else "lora" if training_args.use_lora else "full"
+
+
+def _every_rank_here(training_args) -> None:
+    if training_args.world_size > 1:
+        training_args.distributed_state.wait_for_everyone()
+
+
+def prepare_output_dir(training_args, identity: dict) -> str | None:
+    """Refuse an output directory holding another run (or clear it with --overwrite_output_dir), record this
+    run in run.json, and pick the checkpoint to resume from: --resume_from_checkpoint True takes the newest
+    intact one, skipping damaged ones with a warning, and starts fresh when there is none yet."""
+    output_dir = Path(training_args.output_dir)
+    resume = resume_target(training_args)
+    to_delete = check_output_dir(output_dir, identity, resume is not None, training_args.overwrite_output_dir)
+    if (
+        training_args.should_log
+        and resume
+        and read_manifest(output_dir) is None
+        and checkpoints_of(output_dir)
+    ):
+        logger.warning(
+            "%s has no run.json (an older version wrote it): cannot check it is the same run", output_dir
+        )
+    _every_rank_here(training_args)  # every rank looked before any writes
+    if training_args.should_save:
+        if to_delete:
+            clear_outputs(to_delete)
+            logger.warning(
+                "--overwrite_output_dir: deleted %d outputs of the earlier run in %s",
+                len(to_delete),
+                output_dir,
+            )
+        left = remove_staging(output_dir)
+        if left:
+            logger.info("removed what interrupted saves left: %s", ", ".join(left))
+        write_manifest(output_dir, identity, "running")
+    _every_rank_here(training_args)
+    if resume is None:
+        return None
+    world_size = training_args.world_size
+    if resume is not True:
+        problem = checkpoint_problem(resume, world_size)
+        if problem:
+            raise OutputDirError(f"--resume_from_checkpoint {resume}: {problem}")
+        return resume
+    checkpoint, skipped = newest_intact_checkpoint(output_dir, world_size)
+    for line in skipped if training_args.should_log else ():  # every rank checks; one says so
+        logger.warning("skipping damaged checkpoint %s", line)
+    if checkpoint is None and skipped:
+        raise OutputDirError(
+            f"--resume_from_checkpoint True: no intact checkpoint in {output_dir} ({'; '.join(skipped)}); "
+            "--overwrite_output_dir True starts over"
+        )
+    if checkpoint is None:
+        logger.info(
+            "--resume_from_checkpoint True: no checkpoint in %s yet; starting from the beginning", output_dir
+        )
+        return None
+    logger.info("resuming from %s", checkpoint)
+    return str(checkpoint)
+
+
+def fail(error: Exception, status: int = exits.BAD_INPUT) -> int:
+    """One line on stderr; every rank meets the same error, so none waits for another."""
     print(f"error: {error}", file=sys.stderr)
     finish_distributed(wait=False)
-    return 2
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     import_torch_npu()  # when installed: registers torch.npu and DeepSpeed's NPU accelerator before devices are set up
+    with StopRequest() as stop:
+        try:
+            return run(argv, stop)
+        except Preempted as e:
+            print(f"{e}; rerun the same command to start", file=sys.stderr)
+            finish_distributed(wait=False)
+            return exits.PREEMPTED
+        except KeyboardInterrupt:
+            print("interrupted: stopped at once, nothing saved since the last checkpoint", file=sys.stderr)
+            return exits.INTERRUPTED
+
+
+def run(argv: list[str] | None, stop: StopRequest) -> int:
     try:
         model_args, data_args, lora_args, training_args = parse_args(argv)
     except (ConfigError, ValueError) as e:
         return fail(e)
     setup_logging(training_args)
     transformers.set_seed(training_args.seed)  # the LoRA init too, so that runs (and ranks) agree
-    model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
-    model_args.attn_implementation = resolve_attn_implementation(
-        model_args.attn_implementation, training_args
-    )
-
-    tokenizer = load_tokenizer(
-        model_args.model_name_or_path,
-        model_max_length=training_args.model_max_length,
-        cache_dir=training_args.cache_dir,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    # Data before weights: a bad record stops the run in seconds, not after a 13B model has loaded.
-    config = load_model_config(model_args, training_args)
     try:
-        train, evals, collator, report = build_data(
+        model_args.model_name_or_path = resolve_model_path(
+            model_args.model_name_or_path, training_args.cache_dir
+        )
+        # Its files are checked now (headers only), so a broken base fails in seconds, not after tokenizing.
+        check_model_dir(model_args.model_name_or_path, model_args.trust_remote_code)
+        sources = resolve_data_files(data_args.data_path)
+        if data_args.eval_data_path:
+            sources += resolve_data_files(data_args.eval_data_path)
+        identity = run_identity(model_args.model_name_or_path, run_mode(training_args, lora_args), sources)
+        checkpoint = prepare_output_dir(training_args, identity)
+        model_args.attn_implementation = resolve_attn_implementation(
+            model_args.attn_implementation, training_args
+        )
+        tokenizer = load_tokenizer(
+            model_args.model_name_or_path,
+            model_max_length=training_args.model_max_length,
+            cache_dir=training_args.cache_dir,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        # Data before weights: a bad record stops the run in seconds, not after a 13B model has loaded.
+        config = load_model_config(model_args, training_args)
+        train, evals, collator, report, eval_report = build_data(
             data_args, training_args, tokenizer, config, model_args.attn_implementation
         )
-    except DataError as e:
-        return fail(e)
-
-    model = load_model_for_training(model_args, lora_args, training_args)
-    if wants_lora(training_args, lora_args):
-        try:
+        model = load_model_for_training(model_args, lora_args, training_args)
+        if wants_lora(training_args, lora_args):
             model = add_lora(model, lora_args, training_args)
-        except ConfigError as e:
-            return fail(e)
+    except (ConfigError, DataError, LoadError, OutputDirError) as e:
+        return fail(e)
     if compile_for_training(model, training_args):
         logger.info("torch_compile: decoder layers compile in place at the first step")
     if training_args.should_save:
         report.write(Path(training_args.output_dir) / DATA_REPORT)
-    announce(training_args, model, train, report, tokenizer)
+        if eval_report is not None:
+            eval_report.write(Path(training_args.output_dir) / EVAL_DATA_REPORT)
+    announce(training_args, model, train, report, eval_report, tokenizer)
 
     trainer = SFTTrainer(
         model=model,
@@ -258,21 +379,53 @@ def main(argv: list[str] | None = None) -> int:
         base_model_dir=model_args.model_name_or_path,
         flops_per_token=training_flops_per_token(model),
         peak_flops=current_peak_flops(),
+        stop_request=stop,
+        last_checkpoint=checkpoint,
     )
+    output_dir = training_args.output_dir
+    stop.training = True
     try:
-        trainer.train(resume_from_checkpoint=resume_target(training_args))
+        trainer.train(resume_from_checkpoint=checkpoint)
+        if trainer.preempted_at is not None:
+            return preempted(trainer, stop)
+        trainer.save_final()
+    except DivergedError as e:
+        _status(training_args, "diverged")
+        return fail(e, exits.DIVERGED)
+    except SaveError as e:
+        _status(training_args, "failed")
+        return fail(e, exits.FAILED)
     except DataError as e:  # --streaming meets a bad record only when training reaches it
+        _status(training_args, "failed")
         return fail(e)
-    trainer.save_state()
-    trainer.save_model()
+    _status(training_args, "complete")
     if training_args.should_save:
         logger.info(
-            "saved %s to %s",
-            "adapter" if wants_lora(training_args, lora_args) else "model",
-            training_args.output_dir,
+            "saved %s to %s", "adapter" if wants_lora(training_args, lora_args) else "model", output_dir
         )
     finish_distributed()
-    return 0
+    return exits.OK
+
+
+def preempted(trainer: SFTTrainer, stop: StopRequest) -> int:
+    """Training stopped at a stop request, with its checkpoint saved: say so, once, and exit resumable."""
+    _status(trainer.args, "preempted")
+    if trainer.args.should_log:
+        logger.warning(
+            "stopped by %s at step %d: saved %s; rerun with --resume_from_checkpoint True to continue "
+            "(exit status %d)",
+            stop.signal,
+            trainer.preempted_at,
+            trainer.last_checkpoint,
+            exits.PREEMPTED,
+        )
+    finish_distributed()
+    return exits.PREEMPTED
+
+
+def _status(training_args, status: str) -> None:
+    if training_args.should_save:
+        set_status(training_args.output_dir, status)
 
 
 if __name__ == "__main__":

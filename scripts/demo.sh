@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: fine-tune a tiny random Baichuan2-7B with LoRA on two CPU ranks (DeepSpeed ZeRO-2), reload
 # the adapter, and ask it the first training question: its greedy reply should be the reply it was trained on.
+# Ends with the command that serves the base and the adapter side by side (python -m finetune.serve).
 # A few minutes on 2 cores; nothing is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,3 +37,9 @@ else
     echo "greedy reply == trained reply: NO"
     exit 1
 fi
+
+python=python
+[[ -x .venv/bin/python ]] && python=.venv/bin/python
+echo
+echo "Compare the base and the fine-tuned model side by side (page: http://127.0.0.1:8000/, API: /v1):"
+echo "  $python -m finetune.serve --model $BASE --model $OUT"

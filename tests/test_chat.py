@@ -6,10 +6,12 @@ import threading
 import pytest
 import torch
 from adapters import make_adapter
+from transformers import GenerationConfig
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
 from finetune.chat import (
     Chat,
+    _StopText,
     checkpoint_generation_values,
     conversation_loop,
     generation_settings,
@@ -204,8 +206,64 @@ def test_cli_one_shot_with_system(tiny7b, chat, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["--model", str(tmp_path / "missing"), "--prompt", "hi"]) == 1
+    assert main(["--model", str(tmp_path / "missing"), "--prompt", "hi"]) == 2
     (tmp_path / "empty").mkdir()
-    assert main(["--model", str(tmp_path / "empty"), "--prompt", "hi"]) == 1
+    assert main(["--model", str(tmp_path / "empty"), "--prompt", "hi"]) == 2
     for line in capsys.readouterr().err.strip().split("\n"):
         assert line.startswith("error: ")
+
+
+# ---------------------------------------------------------------- per-request settings (finetune.serve)
+
+
+def test_request_settings_temperature_0_is_greedy(tiny7b, chat):
+    values = checkpoint_generation_values(tiny7b)
+    sampled = Chat(chat.model, chat.tokenizer, "baichuan2", generation_settings(values, chat.tokenizer), 4096)
+    greedy = generation_settings(values, chat.tokenizer, greedy=True, max_new_tokens=7)
+    assert sampled.settings(temperature=0, max_new_tokens=7).to_dict() == greedy.to_dict()
+    assert sampled.settings().to_dict() == sampled.generation_config.to_dict()
+    custom = sampled.settings(temperature=0.9, top_p=0.5, top_k=3, stop=["。"])
+    assert (custom.do_sample, custom.temperature, custom.top_p, custom.top_k) == (True, 0.9, 0.5, 3)
+    assert (custom.repetition_penalty, custom.stop_strings) == (1.05, ["。"])
+    # a temperature above 0 samples even from a greedy default; top_p means nothing to argmax
+    warm = chat.settings(temperature=0.7, top_p=0.5)
+    assert (warm.do_sample, warm.temperature, warm.top_p) == (True, 0.7, 0.5)
+    assert chat.settings(top_p=0.5).top_p == 1.0
+
+
+def test_reply_counts_tokens_and_says_why_it_ended(chat):
+    reply = chat.reply(TURNS, settings=chat.settings(max_new_tokens=5))
+    assert (reply.finish_reason, reply.completion_tokens) == ("length", 5)
+    prompt = chat.prompt_ids(TURNS)
+    assert reply.prompt_tokens == len(prompt)
+    with torch.no_grad():
+        first = int(chat.model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax())
+    values = {**chat.generation_config.to_diff_dict(), "eos_token_id": first}
+    ends = chat.reply(TURNS, settings=GenerationConfig(**values))  # its first token is now eos
+    assert (ends.finish_reason, ends.completion_tokens) == ("stop", 1)
+
+
+def test_stop_strings_end_the_reply_before_the_first_one(chat):
+    full = chat.reply(TURNS).text
+    stop = full[10:13]
+    pieces = []
+    reply = chat.reply(TURNS, on_text=pieces.append, settings=chat.settings(stop=["never there", stop]))
+    assert reply.text == full[: full.index(stop)] == "".join(pieces)
+    assert reply.finish_reason == "stop" and reply.completion_tokens < chat.reply(TURNS).completion_tokens
+
+
+def test_streamed_text_holds_back_what_may_start_a_stop_string():
+    out = []
+    text = _StopText(["</s>"], out.append)
+    for piece in ["a <", "b <", "/", "s> never sent"]:
+        text.feed(piece)
+    text.flush()
+    assert out == ["a ", "<b "]  # "<" waited for the next piece; "</s>" and what follows never came out
+
+
+def test_cancel_event_stops_the_reply(chat):
+    full = chat.reply(TURNS).text
+    cancel = threading.Event()
+    partial = chat.reply(TURNS, on_text=lambda piece: cancel.set(), cancel=cancel)
+    assert partial.interrupted and partial.finish_reason == "interrupted"
+    assert len(partial.text) < len(full) and full.startswith(partial.text)

@@ -1,4 +1,6 @@
-"""finetune.export: merged logits = adapter-on-base logits, the base's format kept, NormHead folding, errors."""
+"""finetune.export: merged logits = adapter-on-base logits, the base's format kept (with the portable remote
+code, marked special tokens and a chat template), NormHead folding by default, only known files copied, the
+--portable repair of an official download, errors."""
 
 import json
 
@@ -12,6 +14,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import finetune  # noqa: F401  (registers the Baichuan classes with the Auto classes)
 from finetune.export import checkpoint_tensor_names, export, main
+from finetune.models.baichuan.portable import DIRECTORY, REMOTE_CODE_FILES
+from finetune.remote_code import CHAT_TEMPLATE
 from finetune.tiny import write_tiny_checkpoint
 
 REMOTE_CODE = {
@@ -46,6 +50,9 @@ def baichuan(request, tmp_path_factory):
     base = write_tiny_checkpoint(root / "base", arch=arch, fmt=fmt)
     for name, text in REMOTE_CODE.items():
         (base / name).write_text(text, encoding="utf-8")
+    (base / "generation_utils.py").write_text("# official helper stand-in\n", encoding="utf-8")
+    (base / "Community License for Baichuan 2 Model.pdf").write_bytes(b"%PDF stand-in")
+    (base / "optimizer_state.pt.tmp").write_bytes(b"stray")  # a stray file a user left in the directory
     adapter = make_adapter(base, root / "adapter", ["W_pack"])
     return base, adapter, root
 
@@ -58,9 +65,10 @@ def test_merged_logits_equal_adapter_on_base(baichuan):
     assert (load_logits(base) - expected).abs().max() > 1e-3, "the adapter must change the logits"
 
 
-def test_output_is_the_base_format(baichuan):
+def test_output_is_the_base_format(baichuan, capsys):
     base, adapter, root = baichuan
     out = export(str(root / "merged-format"), adapter=str(adapter), dtype="fp32", max_shard_size="100KB")
+    assert "left out (not a known model file): optimizer_state.pt.tmp" in capsys.readouterr().out
     base_names = checkpoint_tensor_names(base)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert list(index["weight_map"]) == base_names
@@ -75,9 +83,31 @@ def test_output_is_the_base_format(baichuan):
         AutoModelForCausalLM.from_pretrained(str(out)).get_parameter(n).numel() for n in base_names
     )
     assert not list(out.glob("*.bin"))
-    for name in [*REMOTE_CODE, "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]:
+    # Known files only: the official helper .py and the stray file stay behind, the license comes along.
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("model-")) == sorted(
+        [
+            *REMOTE_CODE_FILES,
+            "Community License for Baichuan 2 Model.pdf",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors.index.json",
+            "special_tokens_map.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+        ]
+    )
+    for name in REMOTE_CODE_FILES:  # ours, not the base's
+        assert (out / name).read_bytes() == (DIRECTORY / name).read_bytes(), name
+    for name in ["tokenizer.model", "generation_config.json", "Community License for Baichuan 2 Model.pdf"]:
         assert (out / name).read_bytes() == (base / name).read_bytes(), name
-    assert (out / "generation_config.json").read_bytes() == (base / "generation_config.json").read_bytes()
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    base_tokenizer_config = json.loads((base / "tokenizer_config.json").read_text())
+    assert tokenizer_config["chat_template"] == CHAT_TEMPLATE
+    assert {k: v for k, v in tokenizer_config.items() if k in base_tokenizer_config} == base_tokenizer_config
+    marked = {
+        int(i): t["content"] for i, t in tokenizer_config["added_tokens_decoder"].items() if t["special"]
+    }
+    assert marked == {0: "<unk>", 1: "<s>", 2: "</s>", 195: "<reserved_106>", 196: "<reserved_107>"}
     config, base_config = (
         json.loads((out / "config.json").read_text()),
         json.loads((base / "config.json").read_text()),
@@ -95,32 +125,69 @@ def test_bf16_export(baichuan):
     torch.testing.assert_close(load_logits(out), adapter_on_base_logits(base, adapter), atol=0.05, rtol=0.05)
 
 
-def test_fold_norm_head_cli(baichuan, capsys):
+def stored_head(model_dir):
+    with safe_open(str(model_dir / "model-00001-of-00001.safetensors"), framework="pt") as f:
+        return f.get_tensor("lm_head.weight")
+
+
+def test_norm_head_folded_by_default(baichuan, capsys):
     base, adapter, root = baichuan
-    unfolded = export(str(root / "unfolded"), adapter=str(adapter), dtype="fp32")
-    out = root / "folded"
-    assert main(["--adapter", str(adapter), "--output", str(out), "--dtype", "fp32", "--fold_norm_head"]) == 0
+    raw = root / "raw-head"
+    assert (
+        main(["--adapter", str(adapter), "--output", str(raw), "--dtype", "fp32", "--no_fold_norm_head"]) == 0
+    )
+    assert "NormHead folded" not in capsys.readouterr().out
+    folded = export(str(root / "folded-head"), adapter=str(adapter), dtype="fp32")
     assert "NormHead folded" in capsys.readouterr().out
-    with safe_open(str(unfolded / "model-00001-of-00001.safetensors"), framework="pt") as f:
-        raw_head = f.get_tensor("lm_head.weight")
-    with safe_open(str(out / "model-00001-of-00001.safetensors"), framework="pt") as f:
-        head = f.get_tensor("lm_head.weight")
+    raw_head, head = stored_head(raw), stored_head(folded)
     assert not torch.allclose(raw_head.norm(dim=-1), torch.ones(raw_head.shape[0]), atol=1e-3)
     torch.testing.assert_close(head.norm(dim=-1), torch.ones(head.shape[0]))
     torch.testing.assert_close(head, F.normalize(raw_head, dim=-1))
     # NormHead normalises in forward and normalising is idempotent: folding leaves the logits unchanged.
-    torch.testing.assert_close(load_logits(out), load_logits(unfolded), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(load_logits(folded), load_logits(raw), atol=1e-5, rtol=1e-5)
 
 
-def test_reexport_full_model_with_folded_head(baichuan):
+def test_a_plain_linear_head_gives_the_logits_only_when_folded(baichuan):
+    """What llama.cpp's converter does with Baichuan2: lm_head.weight becomes output.weight of a plain linear
+    head (no normalisation). Logits h @ W.T from the stored head equal the model's for the default export."""
+    base, adapter, root = baichuan
+    folded = export(str(root / "plain-folded"), adapter=str(adapter), dtype="fp32")
+    raw = export(str(root / "plain-raw"), adapter=str(adapter), dtype="fp32", fold_head=False)
+    model = AutoModelForCausalLM.from_pretrained(str(folded), dtype=torch.float32).eval()
+    with torch.no_grad():
+        hidden = model.model(input_ids=INPUT_IDS % model.config.vocab_size).last_hidden_state
+    expected = logits_of(model)
+    torch.testing.assert_close(hidden @ stored_head(folded).T, expected, atol=1e-5, rtol=1e-5)
+    assert (hidden @ stored_head(raw).T - expected).abs().max() > 1e-2
+
+
+def test_reexport_full_model_folds_the_head(baichuan):
     base, _, root = baichuan
-    out = export(str(root / "base-folded"), model=str(base), fold_head=True)
-    with safe_open(str(out / "model-00001-of-00001.safetensors"), framework="pt") as f:
-        torch.testing.assert_close(
-            f.get_tensor("lm_head.weight").norm(dim=-1),
-            torch.ones(f.get_slice("lm_head.weight").get_shape()[0]),
-        )
+    out = export(str(root / "base-folded"), model=str(base))
+    torch.testing.assert_close(stored_head(out).norm(dim=-1), torch.ones(stored_head(out).shape[0]))
     torch.testing.assert_close(load_logits(out), load_logits(base), atol=1e-5, rtol=1e-5)
+
+
+def test_portable_copy_of_an_official_download(baichuan, capsys):
+    base, _, root = baichuan
+    out = root / "portable"
+    assert main(["--portable", str(base), "--output", str(out)]) == 0
+    assert "hard-linked" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in base.iterdir())
+    for path in base.iterdir():
+        if path.name in REMOTE_CODE_FILES:
+            assert (out / path.name).read_bytes() == (DIRECTORY / path.name).read_bytes()
+        else:  # config.json, tokenizer files, weights, the official helper, the stray file: all unchanged
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    for weights in base.glob("pytorch_model*.bin"):
+        assert (out / weights.name).stat().st_ino == weights.stat().st_ino
+    copied = root / "portable-copied"
+    assert main(["--portable", str(base), "--output", str(copied), "--copy_weights"]) == 0
+    for weights in base.glob("pytorch_model*.bin"):
+        assert (copied / weights.name).stat().st_ino != weights.stat().st_ino
+    assert main(["--portable", str(root / "adapter"), "--output", str(root / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "not a Baichuan2 model directory" in err
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +222,7 @@ def test_generic_model_merge(llama):
 
 def test_fold_norm_head_refuses_other_models(llama, capsys):
     base, _, root = llama
-    assert main(["--model", str(base), "--output", str(root / "x"), "--fold_norm_head"]) == 1
+    assert main(["--model", str(base), "--output", str(root / "x"), "--fold_norm_head"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "lm_head.weight" in err
 
@@ -170,7 +237,7 @@ def test_errors_are_one_line(baichuan, capsys, tmp_path):
         (["--adapter", str(adapter), "--base", str(tmp_path), "--output", str(tmp_path / "b")], "--base DIR"),
     ]
     for argv, problem in cases:
-        assert main(argv) == 1
+        assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and problem in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,6 +1,8 @@
 """The one JSON writer: readable UTF-8, sorted keys on request, and atomic (a failed write leaves the old file)."""
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -26,3 +28,12 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         write_json(path, {"new": True})
     assert json.loads(path.read_text(encoding="utf-8")) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_mode_follows_the_umask_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "config.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

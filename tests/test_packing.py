@@ -93,7 +93,15 @@ def _mix(name, rng):
     return [rng.choice([5, 12, 33, 40]) for _ in range(300)]  # few distinct lengths
 
 
-MIXES = ["one sample", "all full rows", "all tiny", "uniform", "long and short", "equal halves", "few lengths"]
+MIXES = [
+    "one sample",
+    "all full rows",
+    "all tiny",
+    "uniform",
+    "long and short",
+    "equal halves",
+    "few lengths",
+]
 
 
 @pytest.mark.parametrize("mix", MIXES)

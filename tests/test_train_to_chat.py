@@ -151,7 +151,7 @@ def test_python_api_returns_the_trained_reply(trained_dir):
     for turns in CONVERSATIONS:
         (_, question), (_, answer) = turns[:2]
         reply = chat.reply([{"role": "user", "content": question}])
-        assert reply == (answer, False)
+        assert (reply.text, reply.finish_reason) == (answer, "stop")  # ended by its eos
 
 
 def test_second_turn_with_history(trained_dir):

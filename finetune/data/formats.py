@@ -369,9 +369,28 @@ def _parquet_records(path: str) -> Iterator[_Record]:
             raise DataError(path, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
         if batch is None:
             return
-        for record in batch.to_pylist():
-            yield _Record(record, path, f"row {row}")
-            row += 1
+        yield from _parquet_rows(batch, path, row)
+        row += batch.num_rows
+
+
+def _parquet_rows(batch, path: str, start: int) -> Iterator[_Record]:
+    """A record batch's rows as dicts. A string column holding bytes that are not UTF-8 (a lone surrogate a
+    scraper wrote as CESU-8) makes pyarrow fail the whole conversion; such a batch is converted row by row so that
+    only the bad row is a (skippable) record error."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except UnicodeDecodeError as e:
+                problem = (
+                    f"not valid UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset {e.start})"
+                )
+                rows.append(DataError(path, problem, f"row {start + i}", reason="invalid Unicode"))
+    for i, row in enumerate(rows):
+        yield _Record(row, path, f"row {start + i}")
 
 
 def _hub_records(name: str) -> Iterator[_Record]:
@@ -415,12 +434,28 @@ def _type_name(value: Any) -> str:
 def _string(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise _BadRecord("text is not a string", f"{what} is {_type_name(value)}, not a string")
+    _require_unicode(value, what)
     return value
+
+
+def _require_unicode(value: str, what: str) -> None:
+    """JSON may escape half of a surrogate pair ("\\ud83d", an emoji cut in two, common in scraped ShareGPT
+    dumps); Python keeps it, but no UTF-8 writer (pyarrow, the tokenizer) can."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _BadRecord(
+            "invalid Unicode",
+            f"{what} holds a lone surrogate {ascii(value[e.start])} at character {e.start} (half of an emoji?)",
+        ) from None
 
 
 def _record_id(record: dict) -> str | None:
     value = record.get("id")
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    _require_unicode(str(value), '"id"')
+    return str(value)
 
 
 def _build(turns: Iterable[tuple[str, str]], record: dict, system: str | None = None) -> Conversation:

@@ -95,18 +95,17 @@ def token_positions(files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.
                 positions = {}
                 for name in ("input_ids", "labels"):
                     column = batch.column(name)
-                    values = column.values.buffers()[1]
-                    byte = values.address - whole.address
-                    if (
-                        column.values.type != pa.int32()
-                        or byte % 4
-                        or not 0 <= byte <= whole.size - values.size
-                    ):
-                        raise RuntimeError(f"{path}: {name} is not stored as plain int32 values in the file")
                     offsets = column.offsets.to_numpy().astype(np.int64)
+                    values = column.values.buffers()[1]
+                    if values is None or values.size == 0:  # a batch of dropped (empty) samples only
+                        positions[name] = np.zeros(batch.num_rows, dtype=np.int64)
+                        continue
+                    byte = values.address - whole.address
+                    in_file = 0 <= byte <= whole.size - values.size
+                    if column.values.type != pa.int32() or byte % 4 or not in_file:
+                        raise RuntimeError(f"{path}: {name} is not stored as plain int32 values in the file")
                     positions[name] = byte // 4 + column.values.offset + offsets[:-1]
-                    if name == "input_ids":
-                        lengths.append(np.diff(offsets))
+                lengths.append(np.diff(batch.column("input_ids").offsets.to_numpy().astype(np.int64)))
                 ids_at.append(positions["input_ids"])
                 labels_at.append(positions["labels"])
                 file_of.append(np.full(batch.num_rows, f, dtype=np.int32))
@@ -252,6 +251,11 @@ def pack(data, max_length: int, cache_dir: str | Path | None = None, num_proc: i
             )
             files = [Path(f["filename"]).name for f in gathered.cache_files]
             del gathered
+            if not files:  # no sample: a map over no rows writes no file
+                import pyarrow as pa
+
+                pa.ipc.new_stream(str(building / "packed.arrow"), _features().arrow_schema).close()
+                files = ["packed.arrow"]
             figures["rows"] = rows
         stats = {
             "samples": len(lengths),

@@ -18,6 +18,7 @@ env file (finetune/launch/env_file.py); --env KEY=VALUE and --forward-env PATTER
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -346,13 +347,61 @@ def master_address(args: argparse.Namespace, checks: list[HostCheck]) -> str:
     return addresses[0] if addresses else "?"
 
 
+def training_ranks(runner_pid: int) -> list:
+    """The training processes DeepSpeed's local launcher (`deepspeed.launcher.launch`) started under the
+    runner: the ranks of this node. Empty when the ranks run on other hosts (pdsh) or have not started."""
+    import psutil
+
+    ranks = []
+    try:
+        descendants = psutil.Process(runner_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for process in descendants:
+        try:
+            parent = process.parent()
+            if parent is not None and "deepspeed.launcher.launch" in " ".join(parent.cmdline()):
+                ranks.append(process)
+        except psutil.Error:
+            continue
+    return ranks
+
+
 def run_launcher(cmd: list[str], env: dict[str, str]) -> int:
-    """Run deepspeed and wait. Ctrl-C reaches it through the terminal (it kills the remote ranks
-    itself); a SIGTERM sent to this process is passed on."""
-    proc = subprocess.Popen(cmd, env=env)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
-    return proc.wait()
+    """Run deepspeed in its own session and wait for it; when it ends, nothing it started is left running.
+
+    SIGTERM or SIGINT (Ctrl-C) sent here goes to the training ranks themselves: each finishes its step, the
+    ranks save a checkpoint together and exit 75, which DeepSpeed's launcher passes back (signalling the
+    launcher instead would make it give the ranks 30 s, then kill them, and exit 1). Ranks on other hosts
+    (pdsh) are reached through the runner, which stops them itself. A second signal kills everything at once
+    (exit 130)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            _kill_group(proc.pid)
+            return
+        for target in training_ranks(proc.pid) or [proc]:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                target.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _kill_group(proc.pid)  # whatever outlived the runner: no orphans keep training
+    return 130 if len(received) > 1 else status
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def print_report(

@@ -124,9 +124,11 @@ def test_two_hosts_train_with_world_size_two(loopback_cluster, tiny_model, tmp_p
         re.M,
     )
     assert sorted(batches) == [("127.0.0.1", "2", "2"), ("127.0.0.2", "2", "2")]
-    # Saved once, by global rank 0 on node 0, as a LoRA adapter.
+    # Saved once, by global rank 0 on node 0, as a LoRA adapter (staged, then moved into output_dir).
     saves = re.findall(
-        rf"^(127\.0\.0\.\d): .*Saving model checkpoint to {re.escape(str(output_dir))}$", output, re.M
+        rf"^(127\.0\.0\.\d): .*Saving model checkpoint to {re.escape(str(output_dir))}/\.staging-final$",
+        output,
+        re.M,
     )
     assert saves == ["127.0.0.1"]
     assert (output_dir / "adapter_config.json").is_file()

@@ -424,8 +424,7 @@ class BaichuanPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, but a checkpoint that does not fill the model exactly is an error.
 
-        transformers only warns about missing tensors and re-initialises them (this is how the official code
-        "loads" Baichuan2-7B on transformers 5 with most tensors random); here the load fails naming them.
+        transformers only warns about missing tensors and re-initialises them; here the load fails naming them.
         """
         want_info = kwargs.pop("output_loading_info", False)
         # transformers' own mismatch error does not name the tensors; let it load, then raise ours.
