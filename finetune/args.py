@@ -213,8 +213,8 @@ def check_deepspeed_config(path: str) -> None:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
 
 # transformers 4 flags that transformers 5 renamed or dropped: the exact replacement beats a spelling guess.
+# (--evaluation_strategy is not here: FastChat's command lines carry it, so it is an alias, foreign_flags.py.)
 RENAMED_FLAGS = {
-    "evaluation_strategy": "eval_strategy",
     "no_cuda": "use_cpu",
     "per_gpu_train_batch_size": "per_device_train_batch_size",
     "per_gpu_eval_batch_size": "per_device_eval_batch_size",

@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.portable is not None:
             make_portable(args.portable, args.output, copy_weights=args.copy_weights)
-            return 0
+            return exits.OK
         export(
             args.output,
             adapter=args.adapter,

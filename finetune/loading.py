@@ -364,13 +364,13 @@ def load_model_for_inference(
         "trust_remote_code": trust_remote_code,
     }
     check_model_dir(path, trust_remote_code)
+    base_dir = local_model_dir(adapter_base(path)) if is_adapter_dir(path) else None
+    if base_dir is not None:
+        check_adapter_base(path, base_dir, allow_base_mismatch)
     with load_errors(path):
         if is_adapter_dir(path):
             from peft import AutoPeftModelForCausalLM
 
-            base_dir = local_model_dir(adapter_base(path))
-            if base_dir is not None:
-                check_adapter_base(path, base_dir, allow_base_mismatch)
             model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

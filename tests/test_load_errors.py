@@ -184,7 +184,7 @@ def test_sft_load_errors_are_one_line_before_training(damaged, tmp_path, capsys,
     ("argv", "phrase"),
     [
         (["--learnig_rate", "1e-3"], "unknown argument: --learnig_rate (did you mean --learning_rate?)"),
-        (["--evaluation_strategy", "steps"], "--evaluation_strategy (did you mean --eval_strategy?)"),
+        (["--no_cuda", "True"], "--no_cuda (did you mean --use_cpu?)"),
         (["--lora_alpa", "8", "--weight_decy", "0.1"], "unknown arguments: --lora_alpa (did you mean --lora_alpha?); --weight_decy (did you mean --weight_decay?)"),
         (["--learning_rate", "fast"], "invalid float value: 'fast'"),
         (["--deepspeed", "missing.json"], "--deepspeed missing.json: no such file"),
