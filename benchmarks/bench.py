@@ -476,7 +476,7 @@ def data_table(rows: list[dict]) -> str:
 
 def run_data(workdir: Path, checkpoint: Path, sizes: tuple[int, ...], workers: tuple[int, ...]) -> list[dict]:
     """The data-path rows: per size, ours with each worker count, and the previous packer on the same samples
-    (not at 1M conversations, where it would need about 47 GB)."""
+    (not at 1M conversations, where it would need about 80 GB)."""
     rows = []
     for size in sizes:
         data_path = write_varied_conversations(SAMPLE_DATA, workdir / f"data-{size}.json", size)
