@@ -1,8 +1,7 @@
 """The previous packer, kept as a reference outside the package: `pack_dataset` pulled every sample into Python
-lists and built the rows in Python, so its memory grew with the corpus (8.1 GB for 100k conversations of ~360 tokens
-in docs/BENCHMARKS.md). The
-benchmark's data-path table measures it as the reference row, and tests/test_packing.py checks that
-`finetune.data.packing.pack` gives exactly its rows."""
+lists and built the rows in Python, so its memory grew with the corpus (8.1 GB for 100k conversations of ~360
+tokens, docs/BENCHMARKS.md). The benchmark's data-path table measures it as the reference row, and
+tests/test_packing.py checks that `finetune.data.packing.pack` gives exactly its rows."""
 
 from __future__ import annotations
 
