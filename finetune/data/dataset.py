@@ -133,7 +133,6 @@ class TokenizedData:
     ``dropped``). ``key`` is the cache key of what the files were made from."""
 
     files: tuple[str, ...]
-    file_rows: tuple[int, ...]
     rows: np.ndarray
     key: str
 
@@ -143,26 +142,14 @@ class TokenizedData:
         total = sum(manifest["rows"])
         rows = np.load(entry / KEPT) if manifest["kept"] else np.arange(total, dtype=np.int64)
         files = tuple(str(entry / name) for name in manifest["files"])
-        return cls(files, tuple(manifest["rows"]), rows, key)
+        return cls(files, rows, key)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def select(self, rows: np.ndarray) -> TokenizedData:
         """These samples at positions ``rows`` (of this selection)."""
-        return TokenizedData(
-            self.files, self.file_rows, self.rows[np.asarray(rows, dtype=np.int64)], self.key
-        )
-
-    def column(self, name: str) -> np.ndarray:
-        """A numeric column of the selected rows, read from the files alone (no other column is touched)."""
-        import pyarrow as pa
-
-        parts = []
-        for path in self.files:
-            with pa.memory_map(path) as source:
-                parts.append(pa.ipc.open_stream(source).read_all().column(name).to_numpy())
-        return np.concatenate(parts)[self.rows] if parts else np.zeros(0, dtype=np.int64)
+        return TokenizedData(self.files, self.rows[np.asarray(rows, dtype=np.int64)], self.key)
 
     def dataset(self):
         """The selected samples as a `datasets.Dataset` (``id``, ``input_ids``, ``labels``, ``length``) over the
