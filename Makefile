@@ -1,4 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Both run `setup` first.
+# `make bench BENCH_ARGS=--data_1m` adds the 1M-conversation data-path rows (minutes).
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
@@ -46,7 +47,7 @@ format: setup
 	.venv/bin/ruff format .
 
 bench: setup
-	$(PY) -m benchmarks.bench
+	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
 test-multinode: setup
 	bash tests/multinode/run.sh

@@ -18,7 +18,11 @@ slower than one.
 The sft.py row (real-vocabulary model) runs the real `python finetune/sft.py` with its defaults, end to end
 (start-up, tokenising, packing, training, saving), as a subprocess.
 
-Tokenising rows: `build_dataset` (uncached) on 10,000 conversations cycled from the sample data.
+Data-path rows: `finetune.data.pipeline.prepare` (read, tokenise, pack into 512-token rows; what sft.py does
+before its first step) into an empty cache, on 10,000 and 100,000 conversations cycled from the sample data with
+varied text (`--data_1m` adds 1,000,000), with 1 and 2 `--preprocessing_num_workers`, each in a process of its
+own; then the same call again, a cache hit. The reference row packs the same samples with the previous in-memory
+packer (benchmarks/reference_packing.py) and checks that its rows are identical.
 `--gpu` adds `benchmarks.bench_gpu` (Baichuan2-7B shape on one GPU).
 """
 
@@ -30,6 +34,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,11 +46,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.reference_packing import pack_dataset as reference_pack
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
-from finetune.data.dataset import build_dataset
+from finetune.data.dataset import tokenize_data
 from finetune.data.options import DataOptions
-from finetune.data.packing import pack_dataset
+from finetune.data.packing import pack
+from finetune.data.pipeline import prepare
 from finetune.jsonfile import write_json
 from finetune.loading import load_tokenizer
 from finetune.tiny import random_state_dict, write_tiny_checkpoint, write_weights
@@ -55,6 +62,8 @@ SAMPLE_DATA = REPO / "data" / "sample_chat.json"
 SFT_SCRIPT = REPO / "finetune" / "sft.py"
 OFFICIAL_VOCAB_SIZE = 125696
 MAX_LENGTH = 512  # the official model_max_length
+DATA_SIZES = (10_000, 100_000)
+DATA_WORKERS = (1, 2)
 # The official optimizer settings (docs/BAICHUAN2.md, "The official command line"); they do not change the speed, only make it honest.
 ADAMW = {"lr": 2e-5, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 1e-4}
 MAX_GRAD_NORM = 1.0
@@ -66,6 +75,8 @@ PRELOAD = [
     "finetune.data.collator",
     "finetune.data.packing",
     "finetune.data.dataset",
+    "finetune.data.pipeline",
+    "benchmarks.reference_packing",
     "finetune.loading",
 ]
 
@@ -146,6 +157,37 @@ def write_conversations(source: Path, target: Path, count: int) -> Path:
     return target
 
 
+def _rotated(text: str, k: int) -> str:
+    k %= max(len(text), 1)
+    return text[k:] + text[:k]
+
+
+def write_varied_conversations(source: Path, target: Path, count: int) -> Path:
+    """`count` records cycled from `source` with varied text (the i-th copy of a record has every reply rotated by
+    i characters and its prompts prefixed with the record number, so no two tokenise alike), written one record at
+    a time as one JSON list."""
+    records = json.loads(source.read_text(encoding="utf-8"))
+    with target.open("w", encoding="utf-8") as f:
+        f.write("[\n")
+        for i in range(count):
+            record, copy = records[i % len(records)], i // len(records)
+            turns = [
+                {
+                    "from": turn["from"],
+                    "value": f"{i}: {turn['value']}"
+                    if turn["from"] == "human"
+                    else _rotated(turn["value"], copy),
+                }
+                for turn in record["conversations"]
+            ]
+            f.write(
+                ("," if i else "") + json.dumps({"id": str(i), "conversations": turns}, ensure_ascii=False)
+            )
+            f.write("\n")
+        f.write("]\n")
+    return target
+
+
 # ---------------------------------------------------------------- cases (each in its own process)
 
 
@@ -188,10 +230,10 @@ def run_case(case: Case) -> dict:
     setting = case.setting
     tokenizer = load_tokenizer(case.checkpoint, model_max_length=case.max_length)
     options = DataOptions(data_path=[case.data_path], truncation=setting.truncation)
-    dataset, _ = build_dataset(tokenizer, options, case.max_length, cache_dir=None)
-    packing_efficiency = None
+    samples, _ = tokenize_data(tokenizer, options, case.max_length, cache_dir=None)
+    dataset, packing_efficiency = samples.dataset(), None
     if setting.layout == "packed":
-        dataset, stats = pack_dataset(dataset, case.max_length)
+        dataset, stats = pack(samples, case.max_length)
         packing_efficiency = stats["packing_efficiency"]
     columns = ["input_ids", "labels"] + (["position_ids"] if setting.layout == "packed" else [])
     rows = dataset.select_columns(columns).to_list()
@@ -245,21 +287,70 @@ def run_case(case: Case) -> dict:
     }
 
 
-def run_tokenize(checkpoint: str, data_path: str, conversations: int) -> dict:
-    """Uncached `build_dataset` (read, validate, tokenise, label, truncate, filter) on `data_path`."""
+def run_data_path(checkpoint: str, data_path: str, conversations: int, workers: int, cache_dir: str) -> dict:
+    """`prepare` with packing into the empty ``cache_dir`` (what sft.py does before its first step), then again
+    (a cache hit); the report's stage figures and this process's peak RSS (workers counted apart)."""
     quiet_progress_bars()
     tokenizer = load_tokenizer(checkpoint, model_max_length=MAX_LENGTH)
+    options = DataOptions(data_path=[data_path], preprocessing_num_workers=workers)
     start = time.perf_counter()
-    dataset, report = build_dataset(tokenizer, DataOptions(data_path=[data_path]), MAX_LENGTH, cache_dir=None)
+    report = prepare(tokenizer, options, MAX_LENGTH, packing=True, cache_dir=cache_dir).report
     seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    prepare(tokenizer, options, MAX_LENGTH, packing=True, cache_dir=cache_dir)
+    hit = time.perf_counter() - start
+    stages = report.stages
     return {
         "conversations": conversations,
-        "samples": len(dataset),
+        "path": "ours",
+        "workers": workers,
         "tokens": report.tokens,
-        "seconds": seconds,
-        "conversations_s": conversations / seconds,
-        "tokens_s": report.tokens / seconds,
+        "rows": report.packed_rows,
+        "read_s": stages["read"]["seconds"],
+        "tokenize_s": stages["tokenize"]["seconds"],
+        "pack_s": stages["pack"]["seconds"],
+        "total_s": seconds,
+        "conversations_s": report.conversations_per_second,
+        "tokens_s": report.tokens_per_second,
         "peak_rss_mib": peak_rss_mib(),
+        "workers_peak_rss_mib": stages["tokenize"].get("workers_peak_rss_mib"),
+        "hit_s": hit,
+    }
+
+
+def run_reference_packer(checkpoint: str, data_path: str, conversations: int, cache_dir: str) -> dict:
+    """The previous in-memory packer on the samples `run_data_path` cached in ``cache_dir``, and whether its rows
+    equal the packed rows cached there (every token, label and position, row by row)."""
+    import numpy as np
+
+    quiet_progress_bars()
+    tokenizer = load_tokenizer(checkpoint, model_max_length=MAX_LENGTH)
+    samples, report = tokenize_data(
+        tokenizer, DataOptions(data_path=[data_path]), MAX_LENGTH, cache_dir=cache_dir
+    )
+    start = time.perf_counter()
+    reference, stats = reference_pack(samples.dataset(), MAX_LENGTH)
+    seconds = time.perf_counter() - start
+    rss = peak_rss_mib()
+    ours, _ = pack(samples, MAX_LENGTH, cache_dir)
+
+    def flat(dataset, column):
+        values = dataset.data.column(column).combine_chunks()
+        return np.diff(values.offsets.to_numpy()), values.flatten().to_numpy().astype(np.int64)
+
+    identical = len(ours) == len(reference) and all(
+        all(np.array_equal(a, b) for a, b in zip(flat(ours, c), flat(reference, c)))
+        for c in ("input_ids", "labels", "position_ids")
+    )
+    return {
+        "conversations": conversations,
+        "path": "previous packer",
+        "workers": 1,
+        "tokens": report.tokens,
+        "rows": stats["rows"],
+        "pack_s": seconds,
+        "peak_rss_mib": rss,
+        "identical": identical,
     }
 
 
@@ -360,16 +451,45 @@ def sft_table(rows: list[dict], training: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def tokenize_table(row: dict) -> str:
-    return "\n".join(
-        [
-            "| conversations | samples kept | tokens | seconds | conversations/s | tokens/s | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|",
-            f"| {_number(row['conversations'])} | {_number(row['samples'])} | {_number(row['tokens'])} | "
-            f"{row['seconds']:.2f} | {_number(row['conversations_s'])} | {_number(row['tokens_s'])} | "
-            f"{_number(row['peak_rss_mib'])} |",
-        ]
-    )
+def data_table(rows: list[dict]) -> str:
+    """One markdown row per data-path run; "-" where a figure does not apply."""
+
+    def cell(row: dict, key: str, digits: int = 0) -> str:
+        value = row.get(key)
+        return "-" if value is None else _number(value, digits)
+
+    lines = [
+        "| conversations | path | workers | tokens | packed rows | read s | tokenise s | pack s | total s | "
+        "conversations/s | tokens/s | peak RSS MiB | workers' peak RSS MiB | cache hit s | rows identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        identical = {True: "yes", False: "**no**"}.get(r.get("identical"), "-")
+        lines.append(
+            f"| {_number(r['conversations'])} | {r['path']} | {r['workers']} | {_number(r['tokens'])} | "
+            f"{_number(r['rows'])} | {cell(r, 'read_s', 2)} | {cell(r, 'tokenize_s', 2)} | {cell(r, 'pack_s', 2)} | "
+            f"{cell(r, 'total_s', 1)} | {cell(r, 'conversations_s')} | {cell(r, 'tokens_s')} | "
+            f"{cell(r, 'peak_rss_mib')} | {cell(r, 'workers_peak_rss_mib')} | {cell(r, 'hit_s', 2)} | {identical} |"
+        )
+    return "\n".join(lines)
+
+
+def run_data(workdir: Path, checkpoint: Path, sizes: tuple[int, ...], workers: tuple[int, ...]) -> list[dict]:
+    """The data-path rows: per size, ours with each worker count, and the previous packer on the same samples
+    (not at 1M conversations, where it would need about 80 GB)."""
+    rows = []
+    for size in sizes:
+        data_path = write_varied_conversations(SAMPLE_DATA, workdir / f"data-{size}.json", size)
+        for n in workers:
+            cache = workdir / f"cache-{size}-{n}"
+            rows.append(run_isolated(run_data_path, str(checkpoint), str(data_path), size, n, str(cache)))
+            if n == workers[0] and size < 1_000_000:
+                rows.append(
+                    run_isolated(run_reference_packer, str(checkpoint), str(data_path), size, str(cache))
+                )
+            shutil.rmtree(cache)
+        data_path.unlink()
+    return rows
 
 
 def machine(threads: int) -> str:
@@ -388,11 +508,11 @@ def machine(threads: int) -> str:
 # ---------------------------------------------------------------- entry point
 
 
-def run_cpu(workdir: Path, quick: bool, batch_size: int, threads: int) -> str:
+def run_cpu(workdir: Path, quick: bool, batch_size: int, threads: int, data_1m: bool = False) -> str:
     """Every CPU table, as markdown."""
     models = MODELS[:1] if quick else MODELS
     conversations = 16 if quick else None
-    tokenize_count = 1000 if quick else 10_000
+    data_sizes = (1000,) if quick else DATA_SIZES + ((1_000_000,) if data_1m else ())
     data_path = (
         write_conversations(SAMPLE_DATA, workdir / "train.json", conversations)
         if conversations
@@ -411,9 +531,8 @@ def run_cpu(workdir: Path, quick: bool, batch_size: int, threads: int) -> str:
         for m in models
         if m.run_sft and not quick
     ]
-    tokenize_data = write_conversations(SAMPLE_DATA, workdir / "tokenize.json", tokenize_count)
-    tokenize = run_isolated(
-        run_tokenize, str(checkpoints[models[0].name]), str(tokenize_data), tokenize_count
+    data = run_data(
+        workdir, checkpoints[models[0].name], data_sizes, DATA_WORKERS[:1] if quick else DATA_WORKERS
     )
 
     parts = [
@@ -436,9 +555,13 @@ def run_cpu(workdir: Path, quick: bool, batch_size: int, threads: int) -> str:
         ]
     parts += [
         "",
-        f"Tokenising (build_dataset, uncached, {models[0].name} tokenizer)",
+        f"Data path (read, tokenise, pack into {MAX_LENGTH}-token rows, {models[0].name} tokenizer; one process "
+        "each, a fresh cache)",
         "",
-        tokenize_table(tokenize),
+        data_table(data),
+        "",
+        "peak RSS = the process's high-water mark, memory-mapped Arrow pages it touched included; workers' = the "
+        "largest tokenising worker's; cache hit s = the same call again.",
     ]
     return "\n".join(parts)
 
@@ -446,7 +569,7 @@ def run_cpu(workdir: Path, quick: bool, batch_size: int, threads: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="tiny-7b only, 16 conversations, no sft.py run, 1k tokenised"
+        "--quick", action="store_true", help="tiny-7b only, 16 conversations, no sft.py run, 1k data-path run"
     )
     parser.add_argument("--gpu", action="store_true", help="also run benchmarks.bench_gpu (needs CUDA)")
     parser.add_argument(
@@ -459,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads per process; more than the free cores makes OpenMP barriers dominate the figures",
     )
     parser.add_argument("--workdir", default=None, help="where checkpoints and data go (default: a temp dir)")
+    parser.add_argument(
+        "--data_1m", action="store_true", help="add 1,000,000 conversations to the data-path table (minutes)"
+    )
     args = parser.parse_args(argv)
     for name in ("batch_size", "threads"):
         if getattr(args, name) < 1:
@@ -467,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         workdir = Path(args.workdir or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        print(run_cpu(workdir, args.quick, args.batch_size, args.threads), flush=True)
+        print(run_cpu(workdir, args.quick, args.batch_size, args.threads, args.data_1m), flush=True)
     if args.gpu:
         from benchmarks import bench_gpu
 

@@ -71,6 +71,17 @@ class DataArguments(DataOptions):
         default=0.0,
         metadata={"help": "Split this fraction (<1) or count (>=1) off the training data for evaluation."},
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read, tokenize and pack the data as training consumes it (no cache; needs --max_steps). "
+            "For a corpus larger than the data cache's disk."
+        },
+    )
+    streaming_buffer: int = field(
+        default=10_000,
+        metadata={"help": "With --streaming: conversations packed (and shuffled) together in one window."},
+    )
 
 
 @dataclass
@@ -341,6 +352,15 @@ def validate(
     check_world_size(training_args)
     if not (math.isfinite(data_args.val_size) and data_args.val_size >= 0):
         raise ConfigError(f"--val_size must be a fraction (<1) or a count (>=1), got {data_args.val_size}")
+    if data_args.streaming:
+        if training_args.max_steps <= 0:
+            raise ConfigError("--streaming True needs --max_steps: a stream has no length to count epochs in")
+        if data_args.val_size:
+            raise ConfigError(
+                "--val_size splits the whole corpus; with --streaming True give --eval_data_path"
+            )
+        if data_args.streaming_buffer < 1:
+            raise ConfigError(f"--streaming_buffer must be at least 1, got {data_args.streaming_buffer}")
 
 
 def _zero_stage(training_args: TrainingArguments) -> int:

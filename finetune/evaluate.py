@@ -24,6 +24,7 @@ import transformers
 from transformers import HfArgumentParser
 
 from finetune import exits
+from finetune.data.cache import resolve_cache_dir
 from finetune.data.collator import DataCollatorForSFT
 from finetune.data.constants import IGNORE_INDEX
 from finetune.data.dataset import build_dataset
@@ -88,10 +89,13 @@ def evaluate(
     from finetune.devices import device_type
 
     tokenizer = load_tokenizer(model_path, model_max_length=model_max_length)
-    # The data first: a bad record stops the run before any weights are read. A held-out file is small next to
-    # the forward passes over it: no cache.
+    # The data first: a bad record stops the run before any weights are read.
     dataset, report = build_dataset(
-        tokenizer, options, model_max_length, cache_dir=None, model_type=model_type_of(model_path)
+        tokenizer,
+        options,
+        model_max_length,
+        cache_dir=resolve_cache_dir(options.data_cache_dir),
+        model_type=model_type_of(model_path),
     )
     model = load_model_for_inference(
         model_path,

@@ -14,6 +14,7 @@ saving a resumable checkpoint; 130 a second Ctrl-C.
 # ruff: noqa: E402  (the start-up code below must run before the package imports)
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 from pathlib import Path
@@ -29,7 +30,6 @@ if __package__ in (None, ""):
 gc.disable()
 
 import logging
-import math
 
 import transformers
 from transformers.trainer_utils import IntervalStrategy
@@ -46,11 +46,12 @@ from finetune.checkpoints import (
     remove_staging,
 )
 from finetune.compile import compile_for_training
+from finetune.data.cache import resolve_cache_dir
 from finetune.data.collator import DataCollatorForSFT
-from finetune.data.dataset import build_dataset
 from finetune.data.formats import DataError, resolve_data_files
-from finetune.data.packing import pack_dataset
-from finetune.data.report import DataReport, format_sample
+from finetune.data.pipeline import prepare
+from finetune.data.report import format_sample
+from finetune.data.streaming import StreamingRows
 from finetune.devices import current_peak_flops, import_torch_npu
 from finetune.distributed import finish_distributed
 from finetune.finite import DivergedError
@@ -88,85 +89,95 @@ EVAL_DATA_REPORT = "eval_data_report.json"  # the same report for --eval_data_pa
 
 def setup_logging(training_args) -> None:
     level = training_args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    rank = f" [rank{training_args.process_index}]" if training_args.world_size > 1 else ""
+    logging.basicConfig(format=f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Our loggers (finetune.sft, finetune.data.*): INFO on the main process, --log_level_replica on the others.
+    logging.getLogger("finetune").setLevel(logging.INFO if training_args.should_log else level)
     transformers.utils.logging.set_verbosity(level)
 
 
 def build_data(data_args, training_args, tokenizer, config, attn_implementation):
-    """Tokenized (and packed) train/eval sets, the collator, and the data reports (the eval set's: None
-    without --eval_data_path). Rank 0 tokenizes first; the other ranks then read its cache."""
+    """Train/eval sets, the collator, and the data reports (the eval set's: None without --eval_data_path). The
+    main process of each node prepares the data (reads, tokenizes, packs into the data cache); the other ranks
+    then memory-map its cache entries. With --streaming, rows are read and packed as training consumes them (on
+    rank 0 only)."""
     max_length = training_args.model_max_length
-    with training_args.main_process_first(desc="tokenizing"):
-        train, report = build_dataset(tokenizer, data_args, max_length, model_type=config.model_type)
-        evals = eval_report = None
-        if data_args.eval_data_path:
-            evals, eval_report = build_dataset(
-                tokenizer,
-                data_args,
-                max_length,
-                data_path=data_args.eval_data_path,
-                model_type=config.model_type,
-            )
-    require_samples(report, data_args.data_path, max_length)
-    if eval_report is not None:
-        require_samples(eval_report, data_args.eval_data_path, max_length)
-    if data_args.val_size:
-        train, evals = split_validation(train, data_args.val_size, training_args.seed)
-    if evals is not None:
-        evaluate_when_saving(training_args)
     packing = (
         data_args.packing if data_args.packing is not None else supports_packing(config, attn_implementation)
     )
-    if packing:
-        train, stats = pack_dataset(train, training_args.model_max_length)
-        report.packing_efficiency = stats["packing_efficiency"]
-        evals = pack_dataset(evals, training_args.model_max_length)[0] if evals is not None else None
-    elif training_args.train_sampling_strategy == "random":
+    cache_dir = resolve_cache_dir(data_args.data_cache_dir)
+    if data_args.streaming:
+        train = StreamingRows(
+            tokenizer,
+            data_args,
+            max_length,
+            packing=packing,
+            seed=training_args.seed,
+            buffer=data_args.streaming_buffer,
+            model_type=config.model_type,
+        )
+        report, evals, eval_report = train.report, None, None
+        if data_args.eval_data_path:
+            with training_args.main_process_first(desc="preparing eval data"):
+                held_out = prepare(
+                    tokenizer,
+                    dataclasses.replace(data_args, data_path=data_args.eval_data_path),
+                    max_length,
+                    packing=packing,
+                    cache_dir=cache_dir,
+                    model_type=config.model_type,
+                    require=True,
+                )
+            evals, eval_report = held_out.train, held_out.report
+    else:
+        with training_args.main_process_first(desc="preparing data"):
+            prepared = prepare(
+                tokenizer,
+                data_args,
+                max_length,
+                packing=packing,
+                cache_dir=cache_dir,
+                eval_data_path=data_args.eval_data_path,
+                val_size=data_args.val_size,
+                seed=training_args.seed,
+                model_type=config.model_type,
+                require=True,
+            )
+        logger.info(
+            "data ready in %.1f s: %d %s (tokenized samples: cache %s%s)",
+            prepared.seconds,
+            len(prepared.train),
+            "packed rows" if packing else "samples",
+            prepared.report.cache,
+            f"; packed rows: cache {prepared.packed_cache}" if packing else "",
+        )
+        train, evals, report, eval_report = (
+            prepared.train,
+            prepared.eval,
+            prepared.report,
+            prepared.eval_report,
+        )
+    if evals is not None:
+        evaluate_when_saving(training_args)
+    if not packing and not data_args.streaming and training_args.train_sampling_strategy == "random":
         # Padding: batches of similar lengths waste the least compute.
         training_args.train_sampling_strategy = "group_by_length"
     # The collator ignores the extra columns, and group_by_length reads "length".
     training_args.remove_unused_columns = False
-    report.packing = packing
-    collator = make_collator(tokenizer, training_args, attn_implementation)
+    fixed_width = data_args.streaming and training_args.world_size > 1
+    collator = make_collator(tokenizer, training_args, attn_implementation, fixed_width)
     return train, evals, collator, report, eval_report
 
 
-# ---------------------------------------------------------------- data that leaves nothing to train on
-
-
-def require_samples(report: DataReport, data_path: list[str], model_max_length: int) -> None:
-    """A data set whose every record was dropped stops here with one line, before the weights load (the Trainer
-    would fail much later on an empty dataset, and an empty eval set would silently log no eval loss)."""
-    if report.samples_kept:
-        return
-    reasons = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none kept"
-    hint = f"; raise --model_max_length (now {model_max_length})" if "model_max_length" in reasons else ""
-    raise DataError(
-        ", ".join(map(str, data_path)),
-        f"no sample left to train on: {report.records_read} record(s) read, all dropped ({reasons}){hint}",
-    )
-
-
-def split_validation(train, val_size: float, seed: int):
-    """--val_size: a fraction (<1) or a count (>=1) of the samples held out, as datasets' train_test_split
-    counts them (ceil of the fraction); one that leaves nothing to train on is an error."""
-    total = len(train)
-    count = int(val_size) if val_size >= 1 else math.ceil(val_size * total)
-    if count >= total:
-        raise DataError(
-            "--val_size",
-            f"{val_size:g} holds back {count} of the {total} training samples, leaving none to train on",
-        )
-    split = train.train_test_split(test_size=count, seed=seed)
-    return split["train"], split["test"]
-
-
-def make_collator(tokenizer, training_args, attn_implementation: str) -> DataCollatorForSFT:
+def make_collator(
+    tokenizer, training_args, attn_implementation: str, fixed_width: bool = False
+) -> DataCollatorForSFT:
     """Rows padded to the batch's longest, except for flex_attention: compiled, it is specialised to one row
     length and recompiles for each new one, then runs uncompiled (the whole score matrix) past torch's
-    recompile limit; rows of one fixed width compile once."""
-    width = training_args.model_max_length if attn_implementation == "flex_attention" else None
+    recompile limit; rows of one fixed width compile once. ``fixed_width`` too for a stream on several ranks:
+    rank 0 concatenates the ranks' batches to dispatch them, which needs one width."""
+    fixed = fixed_width or attn_implementation == "flex_attention"
+    width = training_args.model_max_length if fixed else None
     return DataCollatorForSFT(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=width)
 
 
@@ -201,15 +212,21 @@ def announce(training_args, model, train, report, eval_report, tokenizer) -> Non
         100 * trainable / total,
         model.config._attn_implementation,
     )
-    logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
+    if isinstance(train, StreamingRows):
+        logger.info("data (streamed%s):\n%s", ", packed" if report.packing else "", report.table())
+        sample = train.first_sample()
+    else:
+        logger.info("data (%s rows%s):\n%s", len(train), ", packed" if report.packing else "", report.table())
+        first = train[0]
+        sample = (first["input_ids"], first["labels"])
+        if report.packing:
+            # Show the first sample of the row, not the whole row.
+            end = next(
+                (i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"])
+            )
+            sample = (first["input_ids"][:end], first["labels"][:end])
     if eval_report is not None:
         logger.info("eval data (--eval_data_path):\n%s", eval_report.table())
-    first = train[0]
-    sample = (first["input_ids"], first["labels"])
-    if report.packing:
-        # Show the first sample of the row, not the whole row.
-        end = next((i for i, p in enumerate(first["position_ids"][1:], 1) if p == 0), len(first["input_ids"]))
-        sample = (first["input_ids"][:end], first["labels"][:end])
     logger.info("sample:\n%s", format_sample(tokenizer, *sample))
 
 
@@ -378,6 +395,9 @@ def run(argv: list[str] | None, stop: StopRequest) -> int:
     except SaveError as e:
         _status(training_args, "failed")
         return fail(e, exits.FAILED)
+    except DataError as e:  # --streaming meets a bad record only when training reaches it
+        _status(training_args, "failed")
+        return fail(e)
     _status(training_args, "complete")
     if training_args.should_save:
         logger.info(

@@ -1,12 +1,24 @@
 """Fixtures every test module shares: the tiny Baichuan2 checkpoints, the repository root as working directory,
-and the process-wide state that training code leaves behind, cleared after every test."""
+a data cache of the session's own, and the process-wide state that training code leaves behind, cleared after
+every test."""
 
 from __future__ import annotations
 
 import pytest
 from helpers import ROOT
 
+from finetune.data.cache import CACHE_ENV
 from finetune.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """The tools' default data cache, for this session only (never the user's ~/.cache); launched runs inherit
+    it through the environment."""
+    path = tmp_path_factory.mktemp("data-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

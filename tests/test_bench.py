@@ -61,12 +61,17 @@ def test_quick_training_table(quick_output):
     assert 0 < number(packing["packing eff."]) <= 100
 
 
-def test_quick_tokenize_table(quick_output):
-    (row,) = table(quick_output, "conversations")
-    assert row["conversations"] == "1,000" and row["samples kept"] == "1,000"
-    assert all(
-        number(row[c]) > 0 for c in ("tokens", "seconds", "conversations/s", "tokens/s", "peak RSS MiB")
-    )
+def test_quick_data_path_table(quick_output):
+    ours, reference = table(quick_output, "conversations")
+    assert (ours["path"], reference["path"]) == ("ours", "previous packer")
+    assert ours["conversations"] == reference["conversations"] == "1,000"
+    # Same samples, and the packed rows are the previous packer's exactly.
+    assert ours["tokens"] == reference["tokens"] and ours["packed rows"] == reference["packed rows"]
+    assert reference["rows identical"] == "yes"
+    for column in ("tokens", "read s", "tokenise s", "pack s", "total s", "conversations/s", "tokens/s"):
+        assert number(ours[column]) > 0, column
+    assert number(ours["total s"]) >= number(ours["tokenise s"])
+    assert number(ours["peak RSS MiB"]) > 0 and number(reference["pack s"]) > 0
 
 
 def test_flops_per_token_counts_every_weight_but_the_embedding():

@@ -221,3 +221,50 @@ def test_data_error_survives_pickling_across_worker_processes():
     error = DataError("f.json", "unknown role 'x'", "record 3", reason="unknown role")
     clone = pickle.loads(pickle.dumps(error))
     assert str(clone) == "f.json, record 3: unknown role 'x'" and clone.reason == "unknown role"
+
+
+# ---------------------------------------------------------------- chunked reading
+
+CHUNKED_CASES = [
+    json.dumps(
+        [GOOD, official(("human", "多字节文本" * 7), ("gpt", "答")), GOOD], ensure_ascii=False, indent=1
+    ),
+    " \n[ " + json.dumps(GOOD) + " ,\n\n" + json.dumps(GOOD) + "]\n ",
+    "[" + json.dumps(GOOD) + ", 12345678]",
+    "[" + json.dumps(GOOD) + ",\n  {oops",
+    "[" + json.dumps(GOOD) + "\n " + json.dumps(GOOD) + "]",
+    "[" + json.dumps(GOOD) + ",]",
+    "[" + json.dumps(GOOD) + "] extra",
+    "[" + json.dumps(GOOD),
+    "[\n\n",
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_chunked_json_reading_gives_the_records_and_errors_of_a_whole_file_parse(
+    tmp_path, monkeypatch, chunk
+):
+    """A .json list is parsed record by record from chunks (any size, cutting UTF-8 characters, numbers and
+    strings): the same records as json.loads, and on broken files json's message at the same line and column."""
+    import finetune.data.formats as formats
+
+    monkeypatch.setattr(formats, "CHUNK_BYTES", chunk)
+    for i, text in enumerate(CHUNKED_CASES):
+        path = write(tmp_path / f"{i}.json", text)
+        try:
+            expected = [r for r in json.loads(text)]
+        except json.JSONDecodeError as e:
+            with pytest.raises(DataError) as error:
+                list(formats._json_records(str(path)))
+            assert str(error.value) == f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+            continue
+        assert [r.data for r in formats._json_records(str(path))] == expected
+
+
+def test_bad_utf8_offset_is_counted_across_chunks(tmp_path, monkeypatch):
+    import finetune.data.formats as formats
+
+    monkeypatch.setattr(formats, "CHUNK_BYTES", 4)
+    path = write(tmp_path / "x.json", '["ab", "é", "\xff"]'.encode("latin-1").replace(b"\xe9", "é".encode()))
+    with pytest.raises(DataError, match=r"x\.json: not UTF-8 text \(bad byte at offset 14\)$"):
+        list(formats._json_records(str(path)))

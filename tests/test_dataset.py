@@ -1,13 +1,14 @@
-"""Truncation policies, drops, the data report, num_proc, and the tokenized-data cache."""
+"""Truncation policies, drops, the data report, num_proc, and the tokenized-data cache: its keys and location."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from fakes import CharTokenizer, ids, official_sample
+from fakes import CHATML, CharTokenizer, ids, official_sample
 from helpers import official, write_records
 
 import finetune.data.dataset as dataset_module
-from finetune.data.dataset import Truncation, build_dataset, fit_sample
+from finetune.data.dataset import Truncation, build_dataset, fit_sample, samples_key
 from finetune.data.formats import Conversation, DataError, Message
 from finetune.data.options import DataOptions
 from finetune.data.report import format_sample, trainable_tokens
@@ -104,10 +105,13 @@ def test_second_run_hits_the_cache_and_does_no_tokenizing(tmp_path, monkeypatch)
     def no_tokenizing(*args, **kw):
         raise AssertionError("tokenized on a cache hit")
 
-    monkeypatch.setattr(dataset_module, "_tokenize_batch", no_tokenizing)
+    monkeypatch.setattr(dataset_module, "tokenize_batch", no_tokenizing)
     second, report2 = build_dataset(CharTokenizer(), options, **kwargs)
     assert report2.cache == "hit"
     assert second.to_dict() == first.to_dict()
+    # The hit's report is the build's, with the time and memory of loading it added.
+    assert set(report2.stages) == {"read", "tokenize", "load"}
+    report2.stages.pop("load")
     assert {**report2.to_dict(), "cache": "miss"} == report.to_dict()
     # Any input of the key changing is a miss: here the max length, then the file itself.
     with pytest.raises(AssertionError, match="tokenized on a cache hit"):
@@ -140,3 +144,73 @@ def test_format_sample_shows_masked_spans():
         "input_ids (7 tokens): <reserved_106>hi<reserved_107>yo</s>",
         "labels (3 trainable): </s>⟦-100 ×3⟧yo</s>",
     ]
+
+
+# ---------------------------------------------------------------- cache keys and location
+
+
+def test_the_samples_key_changes_with_every_input_that_changes_the_samples(tmp_path, monkeypatch):
+    import finetune.data.cache as cache
+
+    path = write_records(tmp_path / "d.json", [official(("human", "hi"), ("gpt", "yo"))])
+    other = write_records(tmp_path / "e.json", [official(("human", "hi"), ("gpt", "yo"))])
+    base = DataOptions(data_path=[path], template="baichuan2")
+
+    def key(options=base, tokenizer=None, max_length=64):
+        return samples_key(tokenizer or CharTokenizer(chat_template=CHATML), options, max_length)
+
+    first = key()
+    assert key() == first  # nothing changed, same key
+    keys = {
+        "template": key(replace(base, template="chat_template")),
+        "truncation": key(replace(base, truncation="official")),
+        "masking": key(replace(base, mask="last_assistant")),
+        "max length": key(max_length=63),
+        "format": key(replace(base, data_format="sharegpt")),
+        "skip invalid": key(replace(base, skip_invalid=True)),
+        "tokenizer": key(tokenizer=CharTokenizer(chat_template=CHATML + " ")),
+        "more files": key(replace(base, data_path=[path, other])),
+    }
+    Path(path).write_text(Path(path).read_text(encoding="utf-8") + " ", encoding="utf-8")
+    keys["data file changed"] = key()
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "another version of finetune/data")
+    keys["code"] = key()
+    assert len({first, *keys.values()}) == len(keys) + 1, keys
+
+
+def test_cache_location_flag_env_and_default(monkeypatch, tmp_path):
+    from finetune.data.cache import CACHE_ENV, resolve_cache_dir
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
+    assert resolve_cache_dir(None) == tmp_path / "env"
+    assert resolve_cache_dir(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert resolve_cache_dir("none") is None
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_cache_dir(None) == tmp_path / "xdg" / "baichuan2-sft" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert resolve_cache_dir(None) == Path.home() / ".cache" / "baichuan2-sft" / "data"
+
+
+def test_an_unwritable_cache_is_one_line_and_a_filled_one_still_serves(tmp_path, monkeypatch):
+    import tempfile
+
+    path = write_records(tmp_path / "d.json", [official(("human", "hi"), ("gpt", "yo"))])
+    options = DataOptions(data_path=[path], template="baichuan2")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(DataError) as error:
+        build_dataset(CharTokenizer(), options, 64, cache_dir=blocked / "cache")
+    assert str(error.value) == (
+        f"{blocked / 'cache'}: cannot write the data cache here (Not a directory); give a writable directory "
+        "with --data_cache_dir or BAICHUAN2_SFT_DATA_CACHE"
+    )
+    filled = tmp_path / "filled"
+    build_dataset(CharTokenizer(), options, 64, cache_dir=filled)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)  # what building an entry would need first
+    ds, report = build_dataset(CharTokenizer(), options, 64, cache_dir=filled)
+    assert report.cache == "hit" and len(ds) == 1

@@ -386,3 +386,23 @@ def test_flex_attention_batches_have_one_fixed_width(backend, width):
     collator = make_collator(SimpleNamespace(pad_token_id=0), SimpleNamespace(model_max_length=64), backend)
     batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
     assert batch["input_ids"].shape == (2, width) and int(batch["attention_mask"].sum()) == 4
+
+
+@pytest.mark.distributed
+def test_other_ranks_map_the_data_cache_and_tokenize_nothing(tiny7b, chat_data, workdir):
+    """Two ranks and an empty data cache: rank 0 tokenizes and packs into it while rank 1 waits, then rank 1
+    memory-maps both entries; its log (at --log_level_replica info) says so and has no tokenizing line."""
+    result = run_sft(
+        "--model_name_or_path", tiny7b, "--data_path", chat_data, "--output_dir", workdir / "ranks",
+        "--max_steps", 1, "--per_device_train_batch_size", 1, "--data_cache_dir", workdir / "ranks-cache",
+        "--log_level_replica", "info", "--use_lora", "True", "--deepspeed", "ds_configs/zero2.json",
+    )  # fmt: skip
+    lines = (result.stdout + result.stderr).splitlines()
+    ours = {
+        rank: [line for line in lines if f"[rank{rank}]" in line and " finetune." in line] for rank in (0, 1)
+    }
+    assert any("finetune.data.dataset: tokenizing 16 conversations" in line for line in ours[0]), ours
+    assert any("packed 16 samples" in line and "cache miss" in line for line in ours[0]), ours
+    assert any("tokenized samples: cache hit" in line for line in ours[1]), ours
+    assert any("packed 16 samples" in line and "cache hit" in line for line in ours[1]), ours
+    assert not any("tokenizing" in line or "cache miss" in line for line in ours[1]), ours

@@ -18,6 +18,7 @@ With ``skip_invalid`` a bad record is dropped instead and counted by reason; pro
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
@@ -165,48 +166,187 @@ def data_files_signature(sources: Sequence[str]) -> list[list[Any]]:
 # ---------------------------------------------------------------- raw records
 
 
-def _read_text(path: str) -> str:
+# Files are read in chunks of this many bytes, so a corpus never has to fit in memory as text or Python objects.
+CHUNK_BYTES = 1 << 20
+# A JSON record that does not parse is read further (it may continue in the next chunk) up to this many
+# characters; past it the parse error is reported as it is.
+MAX_RECORD_CHARS = 1 << 28
+_JSON_SPACE = " \t\n\r"
+
+
+def _open_binary(path: str):
     try:
-        raw = Path(path).read_bytes()
+        return open(path, "rb")
     except OSError as e:
         raise DataError(path, f"cannot read file ({e.strerror})") from None
-    if not raw.strip():
-        raise DataError(path, "file is empty")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def _text_chunks(path: str) -> Iterator[str]:
+    """The file as UTF-8 text (a leading BOM dropped), in chunks; a bad byte is a `DataError` naming its offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with _open_binary(path) as f:
+        while True:
+            try:
+                data = f.read(CHUNK_BYTES)
+            except OSError as e:
+                raise DataError(path, f"cannot read file ({e.strerror})") from None
+            if offset == 0 and data.startswith(codecs.BOM_UTF8):
+                data, offset = data[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                bad = offset - pending + e.start
+                raise DataError(path, f"not UTF-8 text (bad byte at offset {bad})") from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+class _JsonText:
+    """A window on a file's text that the JSON list reader moves through: it reads chunks as needed, drops what
+    was parsed, and knows the line and column of any position (for error messages)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._chunks = _text_chunks(path)
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+        self._line = 1  # line of text[0]
+        self._column = 0  # characters before text[0] on that line
+
+    def more(self) -> bool:
+        """Read the next chunk; False at the end of the file."""
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self.eof = True
+            return False
+        self.text += chunk
+        return True
+
+    def compact(self) -> None:
+        """Drop the text before the position once there is a chunk of it."""
+        if self.pos > CHUNK_BYTES:
+            done = self.text[: self.pos]
+            newline = done.rfind("\n")
+            self._line += done.count("\n")
+            self._column = len(done) - newline - 1 if newline >= 0 else self._column + len(done)
+            self.text, self.pos = self.text[self.pos :], 0
+
+    def skip_space(self) -> str | None:
+        """The next character that is not JSON whitespace (not consumed), or None at the end of the file."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in _JSON_SPACE:
+                self.pos += 1
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                return None
+
+    def rest(self) -> str:
+        return self.text[self.pos :] + "".join(self._chunks)
+
+    def error(self, message: str, pos: int | None = None) -> DataError:
+        pos = self.pos if pos is None else pos
+        newline = self.text.rfind("\n", 0, pos)
+        line = self._line + self.text.count("\n", 0, pos)
+        column = pos - newline if newline >= 0 else self._column + pos + 1
+        return DataError(self.path, f"not valid JSON ({message} at line {line} column {column})")
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _json_value(window: _JsonText) -> Any:
+    """Decode the JSON value at the window's position (reading further while it may be cut by a chunk's end)."""
+    while True:
+        try:
+            value, end = _DECODER.raw_decode(window.text, window.pos)
+        except json.JSONDecodeError as e:
+            if window.eof or len(window.text) - window.pos > MAX_RECORD_CHARS or not window.more():
+                raise window.error(e.msg, e.pos) from None
+            continue
+        # A number or literal at the very end of the text may continue in the next chunk.
+        if end == len(window.text) and not window.eof and window.more():
+            continue
+        window.pos = end
+        return value
 
 
 def _json_records(path: str) -> Iterator[_Record]:
-    text = _read_text(path)
+    """The records of a JSON file holding a list, parsed one at a time from chunks of the file."""
+    if os.path.getsize(path) == 0:
+        raise DataError(path, "file is empty")
+    window = _JsonText(path)
+    first = window.skip_space()
+    if first is None:
+        raise DataError(path, "file is empty")
+    if first != "[":
+        _not_a_list(path, window.rest())
+    window.pos += 1
+    count = 0
+    while True:
+        char = window.skip_space()
+        if count == 0 and char == "]":
+            window.pos += 1
+            break
+        if char is None:
+            raise window.error("Expecting value")
+        yield _Record(_json_value(window), path, f"record {count}")
+        count += 1
+        window.compact()
+        char = window.skip_space()
+        if char == "]":
+            window.pos += 1
+            break
+        if char != ",":
+            raise window.error("Expecting ',' delimiter")
+        window.pos += 1
+    if window.skip_space() is not None:
+        raise window.error("Extra data")
+    if count == 0:
+        raise DataError(path, "holds no records")
+
+
+def _not_a_list(path: str, text: str) -> None:
+    """Raise the `DataError` for a JSON file whose top level is not a list."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if isinstance(data, dict):
         raise DataError(path, "top level is an object; expected a list of records (or use .jsonl)")
-    if not isinstance(data, list):
-        raise DataError(path, f"top level is {_type_name(data)}; expected a list of records")
-    if not data:
-        raise DataError(path, "holds no records")
-    for i, record in enumerate(data):
-        yield _Record(record, path, f"record {i}")
+    raise DataError(path, f"top level is {_type_name(data)}; expected a list of records")
 
 
 def _jsonl_records(path: str) -> Iterator[_Record]:
-    text = _read_text(path)
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"line {lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problem = f"broken JSON line ({e.msg} at column {e.colno})"
-            yield _Record(DataError(path, problem, where, reason="broken JSON line"), path, where)
-            continue
-        yield _Record(record, path, where)
+    offset, seen = 0, False
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw, start = raw[len(codecs.BOM_UTF8) :], start + len(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, f"not UTF-8 text (bad byte at offset {start + e.start})") from None
+            if not line.strip():
+                continue
+            seen = True
+            where = f"line {lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                problem = f"broken JSON line ({e.msg} at column {e.colno})"
+                yield _Record(DataError(path, problem, where, reason="broken JSON line"), path, where)
+                continue
+            yield _Record(record, path, where)
+    if not seen:
+        raise DataError(path, "file is empty")
 
 
 def _parquet_records(path: str) -> Iterator[_Record]:
@@ -215,35 +355,42 @@ def _parquet_records(path: str) -> Iterator[_Record]:
     if os.path.getsize(path) == 0:
         raise DataError(path, "file is empty")
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        batches = parquet.iter_batches(batch_size=1024)
     except Exception as e:  # pyarrow raises several types for a corrupt file
         raise DataError(path, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    if table.num_rows == 0:
+    if parquet.metadata.num_rows == 0:
         raise DataError(path, "holds no records")
-    yield from _parquet_rows(table, path)
-
-
-def _parquet_rows(table, path: str, batch_rows: int = 1024) -> Iterator[_Record]:
-    """Rows as dicts. A string column holding bytes that are not UTF-8 (a lone surrogate a scraper wrote as
-    CESU-8) makes pyarrow fail the whole conversion; such a batch is converted row by row so that only the
-    bad row is a (skippable) record error."""
-    start = 0
-    for batch in table.to_batches(max_chunksize=batch_rows):
+    row = 0
+    while True:
         try:
-            rows = batch.to_pylist()
-        except UnicodeDecodeError:
-            rows = []
-            for i in range(batch.num_rows):
-                try:
-                    rows.append(batch.slice(i, 1).to_pylist()[0])
-                except UnicodeDecodeError as e:
-                    problem = (
-                        f"not valid UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset {e.start})"
-                    )
-                    rows.append(DataError(path, problem, f"row {start + i}", reason="invalid Unicode"))
-        for i, row in enumerate(rows):
-            yield _Record(row, path, f"row {start + i}")
-        start += batch.num_rows
+            batch = next(batches, None)
+        except Exception as e:
+            raise DataError(path, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        if batch is None:
+            return
+        yield from _parquet_rows(batch, path, row)
+        row += batch.num_rows
+
+
+def _parquet_rows(batch, path: str, start: int) -> Iterator[_Record]:
+    """A record batch's rows as dicts. A string column holding bytes that are not UTF-8 (a lone surrogate a
+    scraper wrote as CESU-8) makes pyarrow fail the whole conversion; such a batch is converted row by row so that
+    only the bad row is a (skippable) record error."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except UnicodeDecodeError as e:
+                problem = (
+                    f"not valid UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset {e.start})"
+                )
+                rows.append(DataError(path, problem, f"row {start + i}", reason="invalid Unicode"))
+    for i, row in enumerate(rows):
+        yield _Record(row, path, f"row {start + i}")
 
 
 def _hub_records(name: str) -> Iterator[_Record]:
@@ -406,13 +553,14 @@ def detect_format(record: Any) -> str | None:
 # ---------------------------------------------------------------- entry point
 
 
-def load_conversations(
+def iter_conversations(
     paths: str | Sequence[str],
     fmt: str | None = None,
     skip_invalid: bool = False,
     stats: LoadStats | None = None,
-) -> list[Conversation]:
-    """Read every record of every source, in order, as `Conversation`s.
+) -> Iterator[Conversation]:
+    """Read every record of every source, in order, as `Conversation`s, one at a time (files are read in chunks,
+    so a corpus of any size passes through in bounded memory).
 
     ``fmt`` forces one of `FORMATS`; otherwise (None or "auto") each file's format is detected from its first
     record.
@@ -423,13 +571,12 @@ def load_conversations(
     if fmt is not None and fmt not in PARSERS:
         raise DataError("--format", f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     stats = stats if stats is not None else LoadStats()
-    conversations: list[Conversation] = []
     for source in resolve_data_files(paths):
         file_fmt = fmt
         for record in _raw_records(source):
             stats.read += 1
             try:
-                conversations.append(_parse_record(record, file_fmt))
+                conversation = _parse_record(record, file_fmt)
             except DataError as e:
                 if not skip_invalid:
                     raise
@@ -437,7 +584,17 @@ def load_conversations(
                 continue
             if file_fmt is None:
                 file_fmt = detect_format(record.data)
-    return conversations
+            yield conversation
+
+
+def load_conversations(
+    paths: str | Sequence[str],
+    fmt: str | None = None,
+    skip_invalid: bool = False,
+    stats: LoadStats | None = None,
+) -> list[Conversation]:
+    """`iter_conversations` as a list."""
+    return list(iter_conversations(paths, fmt, skip_invalid, stats))
 
 
 def _parse_record(record: _Record, fmt: str | None) -> Conversation:

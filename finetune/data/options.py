@@ -44,5 +44,15 @@ class DataOptions:
     )
     preprocessing_num_workers: int | None = field(
         default=None,
-        metadata={"aliases": ["--num_proc"], "help": "Processes for tokenization (datasets num_proc)."},
+        metadata={
+            "aliases": ["--num_proc"],
+            "help": "Processes for tokenization and packing (datasets num_proc).",
+        },
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where tokenized and packed data is kept (none: a temporary directory). Default: "
+            "$BAICHUAN2_SFT_DATA_CACHE, else $XDG_CACHE_HOME/baichuan2-sft/data (~/.cache/baichuan2-sft/data)."
+        },
     )

@@ -52,45 +52,50 @@ class DataReport:
     cache: str = "off"  # "hit", "miss" or "off"
     packing: bool | None = None  # set by training
     packing_efficiency: float | None = None  # real tokens / packed row capacity
+    packed_rows: int | None = None
+    streaming: bool | None = None  # set by training: counts are then not known ahead
+    # How long each stage took and the memory it used: {"read"|"tokenize"|"pack"|"load": {"seconds",
+    # "peak_rss_mib", ...}} (finetune/data/meter.py); rates over reading and tokenizing.
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    conversations_per_second: float = 0.0
+    tokens_per_second: float = 0.0
 
     def count(
         self,
         read: int,
-        invalid: Counter,
-        lengths: Sequence[int],
-        trainable: Sequence[int],
-        truncated: Sequence[bool],
-        dropped: Sequence[str],
+        dropped: Counter,
+        lengths: np.ndarray,
+        trainable: np.ndarray,
+        truncated: np.ndarray,
     ) -> DataReport:
-        """Fill the counts from per-sample sequences covering every tokenized sample (kept and dropped) in input
-        order, and the records that never became samples (``invalid``, by reason)."""
-        kept = [i for i, reason in enumerate(dropped) if not reason]
-        kept_lengths = np.array([lengths[i] for i in kept], dtype=np.int64)
-        total = int(kept_lengths.sum())
-        supervised = int(sum(trainable[i] for i in kept))
-        drops = Counter(invalid)
-        drops.update(reason for reason in dropped if reason)
+        """Fill the counts from arrays over the kept samples (token length, trainable tokens, truncated or not)
+        and the records that were read but not kept (``dropped``, by reason)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        total = int(lengths.sum())
+        supervised = int(np.asarray(trainable, dtype=np.int64).sum())
+        kept = len(lengths)
         self.records_read = read
-        self.samples_kept = len(kept)
-        self.dropped = dict(sorted(drops.items()))
-        self.truncated = int(sum(truncated[i] for i in kept))
+        self.samples_kept = kept
+        self.dropped = dict(sorted(dropped.items()))
+        self.truncated = int(np.count_nonzero(truncated))
         self.tokens = total
         self.trainable_tokens = supervised
         self.trainable_share = round(supervised / total, 4) if total else 0.0
         self.length = {}
-        if len(kept_lengths):
+        if kept:
             self.length = {
-                "min": int(kept_lengths.min()),
-                "mean": round(float(kept_lengths.mean()), 1),
-                **{f"p{q}": int(np.percentile(kept_lengths, q)) for q in (50, 90, 95, 99)},
-                "max": int(kept_lengths.max()),
+                "min": int(lengths.min()),
+                "mean": round(float(lengths.mean()), 1),
+                **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)},
+                "max": int(lengths.max()),
             }
-        self.static_padding_share = round(1 - total / (len(kept) * self.model_max_length), 4) if kept else 0.0
+        self.static_padding_share = round(1 - total / (kept * self.model_max_length), 4) if kept else 0.0
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form; fields training has not set (packing) are left out."""
-        unset = [k for k in ("packing", "packing_efficiency") if getattr(self, k) is None]
+        """The JSON form; fields training has not set (packing, streaming) are left out."""
+        optional = ("packing", "packing_efficiency", "packed_rows", "streaming")
+        unset = [k for k in optional if getattr(self, k) is None]
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in unset}
 
     @classmethod
@@ -116,10 +121,24 @@ class DataReport:
             ),
             ("padding if padded to max", f"{self.static_padding_share:.1%}"),
         ]
+        if self.streaming:
+            rows = [("streaming", "counts not known ahead: records are read as training needs them")]
         if self.packing_efficiency is not None:
-            rows.append(("packing efficiency", f"{self.packing_efficiency:.1%}"))
+            rows.append(("packing efficiency", f"{self.packing_efficiency:.1%} ({self.packed_rows} rows)"))
+        for stage, figures in self.stages.items():
+            rows.append((f"{stage} stage", _stage_line(figures)))
+        if self.conversations_per_second:
+            rate = f"{self.conversations_per_second:,.0f} conversations/s, {self.tokens_per_second:,.0f} tokens/s"
+            rows.append(("read + tokenize rate", rate))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _stage_line(figures: dict[str, float]) -> str:
+    line = f"{figures.get('seconds', 0):.1f} s, peak RSS {figures.get('peak_rss_mib', 0):,.0f} MiB"
+    if figures.get("workers"):
+        line += f" ({figures['workers']:.0f} workers, largest {figures['workers_peak_rss_mib']:,.0f} MiB)"
+    return line
 
 
 def format_sample(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int]) -> str:
