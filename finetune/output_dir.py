@@ -17,7 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import STAGING_PREFIX, checkpoints_of
+from .checkpoints import (
+    STAGING_PREFIX,
+    checkpoint_problem,
+    checkpoints_of,
+    newest_intact_checkpoint,
+    remove_staging,
+)
 from .jsonfile import write_json
 
 logger = logging.getLogger(__name__)
@@ -192,3 +198,83 @@ def set_status(output_dir: str | Path, status: str) -> None:
         write_manifest(output_dir, identity, status)
     except OSError as e:
         logger.warning("run.json status not updated to %s: %s", status, e)
+
+
+# ---------------------------------------------------------------- a run's use of it
+
+
+def resume_target(training_args) -> str | bool | None:
+    """--resume_from_checkpoint PATH, or True for the newest checkpoint in output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None or value.lower() in ("", "false", "none"):
+        return None
+    return True if value.lower() == "true" else value
+
+
+def run_mode(training_args, lora_args) -> str:
+    return "qlora" if lora_args.q_lora else "lora" if training_args.use_lora else "full"
+
+
+def _every_rank_here(training_args) -> None:
+    if training_args.world_size > 1:
+        training_args.distributed_state.wait_for_everyone()
+
+
+def prepare_output_dir(training_args, identity: dict) -> str | None:
+    """Refuse an output directory holding another run (or clear it with --overwrite_output_dir), record this
+    run in run.json, and pick the checkpoint to resume from: --resume_from_checkpoint True takes the newest
+    intact one, skipping damaged ones with a warning, and starts fresh when there is none yet."""
+    output_dir = Path(training_args.output_dir)
+    resume = resume_target(training_args)
+    to_delete = check_output_dir(output_dir, identity, resume is not None, training_args.overwrite_output_dir)
+    if (
+        training_args.should_log
+        and resume
+        and read_manifest(output_dir) is None
+        and checkpoints_of(output_dir)
+    ):
+        logger.warning(
+            "%s has no run.json (an older version wrote it): cannot check it is the same run", output_dir
+        )
+    _every_rank_here(training_args)  # every rank looked before any writes
+    if training_args.should_save:
+        if to_delete:
+            clear_outputs(to_delete)
+            logger.warning(
+                "--overwrite_output_dir: deleted %d outputs of the earlier run in %s",
+                len(to_delete),
+                output_dir,
+            )
+        left = remove_staging(output_dir)
+        if left:
+            logger.info("removed what interrupted saves left: %s", ", ".join(left))
+        write_manifest(output_dir, identity, "running")
+    _every_rank_here(training_args)
+    if resume is None:
+        return None
+    world_size = training_args.world_size
+    if resume is not True:
+        problem = checkpoint_problem(resume, world_size)
+        if problem:
+            raise OutputDirError(f"--resume_from_checkpoint {resume}: {problem}")
+        return resume
+    checkpoint, skipped = newest_intact_checkpoint(output_dir, world_size)
+    for line in skipped if training_args.should_log else ():  # every rank checks; one says so
+        logger.warning("skipping damaged checkpoint %s", line)
+    if checkpoint is None and skipped:
+        raise OutputDirError(
+            f"--resume_from_checkpoint True: no intact checkpoint in {output_dir} ({'; '.join(skipped)}); "
+            "--overwrite_output_dir True starts over"
+        )
+    if checkpoint is None:
+        logger.info(
+            "--resume_from_checkpoint True: no checkpoint in %s yet; starting from the beginning", output_dir
+        )
+        return None
+    logger.info("resuming from %s", checkpoint)
+    return str(checkpoint)
+
+
+def set_run_status(training_args, status: str) -> None:
+    if training_args.should_save:
+        set_status(training_args.output_dir, status)

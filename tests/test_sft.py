@@ -381,7 +381,7 @@ def test_torch_compile_trains_like_eager_and_saves_plain_names(tiny13b, chat_dat
 def test_flex_attention_batches_have_one_fixed_width(backend, width):
     from types import SimpleNamespace
 
-    from finetune.sft import make_collator
+    from finetune.training_data import make_collator
 
     collator = make_collator(SimpleNamespace(pad_token_id=0), SimpleNamespace(model_max_length=64), backend)
     batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
