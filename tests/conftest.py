@@ -4,8 +4,11 @@ every test."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
-from helpers import ROOT
+from helpers import DATA, ROOT, write_records
 
 from finetune.data.cache import CACHE_ENV
 from finetune.tiny import write_tiny_checkpoint
@@ -32,6 +35,13 @@ def tiny7b(tmp_path_factory):
 def tiny13b(tmp_path_factory):
     """A tiny random Baichuan2-13B (ALiBi, 5 heads: not a power of two) in the official 13B layout (shards)."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "13b", arch="13b", seed=0, fmt="sharded")
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory):
+    """The first 16 conversations of data/sample_chat.json: at 128 tokens each, one packed row per rank-step."""
+    records = json.loads((DATA / "sample_chat.json").read_text(encoding="utf-8"))[:16]
+    return Path(write_records(tmp_path_factory.mktemp("data") / "chat.json", records))
 
 
 @pytest.fixture

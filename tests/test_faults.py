@@ -36,7 +36,6 @@ from finetune.checkpoints import newest_intact_checkpoint
 from finetune.finite import DivergenceMonitor, first_nonfinite
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = 16
 TINY = ["--model_max_length", "128", "--report_to", "none", "--disable_tqdm", "True", "--seed", "0"]
 TINY += ["--logging_steps", "1", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3"]
 
@@ -44,14 +43,6 @@ TINY += ["--logging_steps", "1", "--per_device_train_batch_size", "2", "--learni
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("faults")
-
-
-@pytest.fixture(scope="module")
-def chat_data(workdir):
-    records = json.loads((ROOT / "data" / "sample_chat.json").read_text(encoding="utf-8"))[:SAMPLES]
-    path = workdir / "chat.json"
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from finetune.models.baichuan.portable import DIRECTORY as PORTABLE_DIR
 from finetune.models.baichuan.portable import REMOTE_CODE_FILES
 
 DEEPSPEED = Path(sys.executable).with_name("deepspeed")
-SAMPLES = 16  # records of data/sample_chat.json; at 128 tokens each makes one packed row
 RUN_TIMEOUT_S = 300
 
 # A few steps at a learning rate that moves a tiny model visibly; packed rows of 128 tokens.
@@ -49,14 +48,6 @@ def tiny13b_remote(tiny13b, workdir):
     path = Path(shutil.copytree(tiny13b, workdir / "tiny-13b-remote"))
     # An official download carries its remote code; a full fine-tune ships the portable files instead.
     (path / "modeling_baichuan.py").write_text("# stand-in for the official remote code\n")
-    return path
-
-
-@pytest.fixture(scope="session")
-def chat_data(workdir):
-    records = json.loads((ROOT / "data" / "sample_chat.json").read_text(encoding="utf-8"))[:SAMPLES]
-    path = workdir / "chat.json"
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     return path
 
 
