@@ -120,7 +120,7 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
     """Tensor name → the file that stores it."""
     for index in WEIGHT_INDEXES:
         if (model_dir / index).is_file():
-            weight_map = json.loads((model_dir / index).read_text(encoding="utf-8"))["weight_map"]
+            weight_map = read_json(model_dir / index)["weight_map"]
             return {name: model_dir / file for name, file in weight_map.items()}
     if (model_dir / "model.safetensors").is_file():
         from safetensors import safe_open
@@ -148,7 +148,7 @@ def base_fingerprint(model_dir: str | Path) -> dict[str, Any]:
     of its first, middle and last tensors (the output head excepted, which an export may store normalised),
     as fp32 values, so a lossless change of storage dtype or format keeps the fingerprint."""
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = read_json(model_dir / "config.json")
     shape = {k: v for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}
     files = _weight_files(model_dir)
     names = [n for n in files if n != "lm_head.weight"]
@@ -178,7 +178,7 @@ def check_adapter_base(adapter_dir: str | Path, base_dir: str | Path, allow_mism
     recorded_path = Path(adapter_dir) / FINGERPRINT
     if not recorded_path.is_file():
         return
-    recorded = json.loads(recorded_path.read_text(encoding="utf-8"))
+    recorded = read_json(recorded_path)
     actual = base_fingerprint(base_dir)
     differs = [key for key in ("config_sha256", "tensor_sha256") if recorded.get(key) != actual[key]]
     if not differs:

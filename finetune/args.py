@@ -20,6 +20,8 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.utils import is_torch_tf32_available, logging
 
+from finetune.jsonfile import read_json
+
 from .data.options import DataOptions
 from .devices import cpu_has_bf16_matmul, default_ddp_backend, has_accelerator
 from .distributed import init_cpu_deepspeed_state, needs_cpu_deepspeed_state
@@ -199,7 +201,7 @@ def check_deepspeed_config(path: str) -> None:
     if path.lstrip().startswith("{"):
         return
     try:
-        json.loads(Path(path).read_text(encoding="utf-8"))
+        read_json(path)
     except FileNotFoundError:
         raise ConfigError(f"--deepspeed {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .exits import first_line
+
 LOSS_CURVE = "loss_curve.png"
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class LossCurveCallback(TrainerCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             plot_loss_curve(state.log_history, path)
         except Exception as e:  # matplotlib, the file system: whatever fails, training goes on
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            detail = first_line(e)
             logger.warning("loss curve not written to %s: %s", path, detail)
 
     def on_save(self, args, state, control, **kwargs):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from finetune.data.constants import OFFICIAL_CHAT_GENERATION
 from finetune.data.formats import DataError
 from finetune.data.templates import Template, resolve_template
 from finetune.dtypes import parse_dtype
+from finetune.jsonfile import read_json
 from finetune.loading import (
     LoadError,
     adapter_base,
@@ -79,7 +79,7 @@ def checkpoint_generation_values(path: str | Path) -> dict[str, Any]:
         candidates.append(Path(adapter_base(path)))
     for directory in candidates:
         if (directory / GENERATION_CONFIG).is_file():
-            values = json.loads((directory / GENERATION_CONFIG).read_text(encoding="utf-8"))
+            values = read_json(directory / GENERATION_CONFIG)
             values.pop("transformers_version", None)
             return values
     return {}

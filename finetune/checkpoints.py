@@ -9,13 +9,14 @@ RNG, DeepSpeed's ZeRO shards of every rank) are present, non-empty and structura
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from finetune.jsonfile import read_json
 
 from .filecheck import file_problem
 
@@ -90,7 +91,7 @@ def _named(file: Path, root: Path | None = None) -> str | None:
 
 
 def _shards_problem(index: Path) -> str | None:
-    weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    weight_map = read_json(index).get("weight_map", {})
     missing = sorted({shard for shard in weight_map.values() if not (index.parent / shard).is_file()})
     return f"{index.name} names missing shard(s): {', '.join(missing)}" if missing else None
 

@@ -1,4 +1,5 @@
-"""Exit statuses of the command-line tools (docs/USING.md lists them for scripts and schedulers)."""
+"""Exit statuses of the command-line tools (docs/USING.md lists them for scripts and schedulers), and how an
+error from a library becomes part of our one-line messages."""
 
 OK = 0
 FAILED = 1  # a failure while running: a save that could not be written (disk full, I/O error)
@@ -8,3 +9,10 @@ DIVERGED = 3  # NaN/inf loss, gradient norm or weights: stopped, nothing saved f
 # --resume_from_checkpoint True) to continue. sysexits.h's EX_TEMPFAIL, "try again later".
 PREEMPTED = 75
 INTERRUPTED = 130  # a second Ctrl-C: stopped at once, without saving (the previous checkpoints are intact)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (the rest is usually a traceback-like dump), or the error's
+    type name when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -25,7 +25,6 @@ three remote-code files replaced by the portable ones and everything else as it 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -98,7 +97,7 @@ def checkpoint_tensor_names(model_dir: Path) -> list[str]:
     """The tensor names stored in a checkpoint directory (index, safetensors or a single .bin), in file order."""
     for index in WEIGHT_INDEXES:
         if (model_dir / index).is_file():
-            return list(json.loads((model_dir / index).read_text(encoding="utf-8"))["weight_map"])
+            return list(read_json(model_dir / index)["weight_map"])
     if (model_dir / "model.safetensors").is_file():
         from safetensors import safe_open
 
@@ -225,7 +224,7 @@ def copy_model_files(source: Path, output_dir: Path, remote_code: bool) -> tuple
 
 def write_config(source: Path, output_dir: Path, dtype: torch.dtype) -> None:
     """The source's config.json unchanged (auto_map, field set, version stamp) except its dtype field."""
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config = read_json(source / "config.json")
     # transformers 5 writes "dtype", older readers (the official code, vLLM, FastChat) read "torch_dtype"
     for key in [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]:
         config[key] = config_name(dtype)

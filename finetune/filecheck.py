@@ -12,6 +12,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from finetune.jsonfile import read_json
+
 # safetensors: 8-byte little-endian header length, the JSON header, then the tensor bytes.
 _SAFETENSORS_HEADER_LIMIT = 100_000_000  # the format's own cap on the header size
 
@@ -76,7 +78,7 @@ def torch_file_problem(path: str | Path) -> str | None:
 def json_problem(path: str | Path) -> str | None:
     path = Path(path)
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        read_json(path)
     except UnicodeDecodeError:
         return "not UTF-8 text"
     except json.JSONDecodeError as e:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.util
-import json
 import os
 import pickle
 import re
@@ -34,9 +33,12 @@ from transformers import (
     PreTrainedModel,
 )
 
+from finetune.jsonfile import read_json
+
 from .adapter_files import check_adapter_base
 from .args import LoraArguments, ModelArguments, TrainingArguments
 from .devices import device_type
+from .exits import first_line
 from .filecheck import file_problem, json_problem
 from .finite import first_nonfinite
 from .outputs import local_model_dir
@@ -54,11 +56,6 @@ class LoadError(ValueError):
     """A model or tokenizer that cannot be loaded; the message is one line naming the path and the problem."""
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @contextlib.contextmanager
 def load_errors(what: str):
     """Whatever transformers, peft, safetensors or torch raise while loading `what`, as one `LoadError` line."""
@@ -69,7 +66,7 @@ def load_errors(what: str):
     except LoadError:
         raise
     except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
-        detail = _first_line(e)
+        detail = first_line(e)
         raise LoadError(detail if detail.startswith(str(what)) else f"{what}: {detail}") from None
 
 
@@ -98,7 +95,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def adapter_base(path: str | Path) -> str:
     """The base model an adapter directory was trained on."""
-    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config = read_json(Path(path) / ADAPTER_CONFIG)
     base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
     if not base:
         raise LoadError(f"{Path(path) / ADAPTER_CONFIG}: names no base model (base_model_name_or_path)")
@@ -131,7 +128,7 @@ def weight_files(model_dir: Path) -> list[Path]:
             problem = json_problem(model_dir / index)
             if problem:
                 raise LoadError(f"{model_dir / index}: {problem}")
-            weight_map = json.loads((model_dir / index).read_text(encoding="utf-8")).get("weight_map", {})
+            weight_map = read_json(model_dir / index).get("weight_map", {})
             shards = [model_dir / name for name in sorted(set(weight_map.values()))]
             missing = [p.name for p in shards if not p.is_file()]
             if missing:
@@ -158,7 +155,7 @@ def check_config(model_dir: Path, trust_remote_code: bool = False) -> dict:
     problem = json_problem(config)
     if problem:
         raise LoadError(f"{config}: {problem}")
-    values = json.loads(config.read_text(encoding="utf-8"))
+    values = read_json(config)
     if not isinstance(values, dict):
         raise LoadError(f"{config}: not a JSON object")
     model_type = values.get("model_type")
@@ -207,13 +204,13 @@ def check_tokenizer_dir(path: Path) -> None:
         problem = json_problem(tokenizer_config)
         if problem:
             raise LoadError(f"{tokenizer_config}: {problem}")
-        tokenizer_class = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("tokenizer_class")
+        tokenizer_class = read_json(tokenizer_config).get("tokenizer_class")
     else:
         tokenizer_class = None
     config = path / CONFIG
     model_type = None
     if config.is_file() and not json_problem(config):
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        model_type = read_json(config).get("model_type")
     if tokenizer_class != "BaichuanTokenizer" and model_type != "baichuan":
         return
     vocabulary = path / SENTENCEPIECE_MODEL
@@ -224,7 +221,7 @@ def check_tokenizer_dir(path: Path) -> None:
     try:
         sentencepiece.SentencePieceProcessor(model_file=str(vocabulary))
     except (RuntimeError, OSError) as e:
-        raise LoadError(f"{vocabulary}: not a SentencePiece model ({_first_line(e)})") from None
+        raise LoadError(f"{vocabulary}: not a SentencePiece model ({first_line(e)})") from None
 
 
 def require_finite(model: torch.nn.Module, source: str | Path) -> None:

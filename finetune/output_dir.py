@@ -24,7 +24,7 @@ from .checkpoints import (
     newest_intact_checkpoint,
     remove_staging,
 )
-from .jsonfile import write_json
+from .jsonfile import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def config_digest(model_path: str) -> str | None:
     config = Path(model_path) / "config.json"
     if not config.is_file():
         return None
-    values = json.loads(config.read_text(encoding="utf-8"))
+    values = read_json(config)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
@@ -135,7 +135,7 @@ def _summary(paths: list[Path], limit: int = 4) -> str:
 
 def read_manifest(output_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))
+        return read_json(output_dir / MANIFEST)
     except (OSError, json.JSONDecodeError):
         return None
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from .jsonfile import write_json
+from .jsonfile import read_json, write_json
 from .remote_code import is_baichuan_dir, mark_tokenizer_files, ship_remote_code
 
 
@@ -44,8 +43,8 @@ def complete_model_dir(output_dir: str | Path, base_dir: str | Path) -> None:
         shutil.copy2(source, output_dir / source.name)
     base_config, out_config = base_dir / "config.json", output_dir / "config.json"
     if base_config.is_file() and out_config.is_file():
-        base = json.loads(base_config.read_text(encoding="utf-8"))
-        saved = json.loads(out_config.read_text(encoding="utf-8"))
+        base = read_json(base_config)
+        saved = read_json(out_config)
         saved.update({key: base[key] for key in BASE_CONFIG_KEYS if key in base})
         if "dtype" in saved:
             saved.setdefault("torch_dtype", saved["dtype"])

@@ -31,7 +31,7 @@ from finetune.data.constants import (
     USER_TOKEN_ID,
 )
 from finetune.dtypes import parse_dtype
-from finetune.jsonfile import write_json
+from finetune.jsonfile import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = read_json(path / "config.json")
     print(f"wrote tiny Baichuan2-{args.arch.upper()} ({args.fmt}, vocab {config['vocab_size']}) to {path}")
     return 0
 

@@ -32,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rota
 from .adapter_files import finish_adapter_dir
 from .checkpoints import SaveError, free_space, promote, staging_path, sync_tree
 from .data.constants import IGNORE_INDEX
+from .exits import first_line
 from .finite import DivergedError, DivergenceMonitor, first_nonfinite, local_parameters
 from .outputs import complete_model_dir, local_model_dir
 from .preemption import StopRequest
@@ -274,7 +275,7 @@ class SFTTrainer(Trainer):
                 shutil.rmtree(staging, ignore_errors=True)
             if not isinstance(error, Exception) or isinstance(error, DivergedError):
                 raise
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            detail = first_line(error)
             if any(sign in detail for sign in SHORT_WRITE) and "No space left" not in detail:
                 detail += " (a write was cut short: the disk is probably full)"
             raise SaveError(

@@ -35,6 +35,7 @@ from finetune.data.meter import measure
 from finetune.data.options import DataOptions
 from finetune.data.report import DataReport, trainable_tokens
 from finetune.data.templates import Masking, Sampler, Template, resolve_template
+from finetune.jsonfile import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class TokenizedData:
 
     @classmethod
     def load(cls, entry: Path, key: str) -> TokenizedData:
-        manifest = json.loads((entry / SAMPLES).read_text(encoding="utf-8"))
+        manifest = read_json(entry / SAMPLES)
         total = sum(manifest["rows"])
         rows = np.load(entry / KEPT) if manifest["kept"] else np.arange(total, dtype=np.int64)
         files = tuple(str(entry / name) for name in manifest["files"])
@@ -412,7 +413,7 @@ def tokenize_data(
     stages: dict[str, dict[str, float]] = {}
     with measure(stages, "load"):
         data = TokenizedData.load(entry, key)
-        report = DataReport.from_dict(json.loads((entry / "report.json").read_text(encoding="utf-8")))
+        report = DataReport.from_dict(read_json(entry / "report.json"))
     report.stages.update(stages)
     report.cache = "hit"
     logger.info("tokenized samples: cache hit (%s), %d samples", entry, len(data))

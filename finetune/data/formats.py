@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.exits import first_line
+
 FORMATS = ("sharegpt", "openai", "alpaca")
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
@@ -399,7 +401,7 @@ def _hub_records(name: str) -> Iterator[_Record]:
 
         ds = datasets.load_dataset(name, split="train")
     except Exception as e:  # offline, unknown name, gated: all end the same way for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise DataError(
             name, f"not a local path, and loading it as a Hugging Face dataset failed ({first})"
         ) from None

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.jsonfile import read_json
+
 from .cache import digest, find_entry, new_entry, temporary_cache
 from .constants import IGNORE_INDEX
 from .meter import measure
@@ -192,7 +194,7 @@ def packed_key(data, capacity: int) -> str:
 def _load(entry: Path):
     import datasets
 
-    files = json.loads((entry / PACKED).read_text(encoding="utf-8"))["files"]
+    files = read_json(entry / PACKED)["files"]
     parts = [datasets.Dataset.from_file(str(entry / name)) for name in files]
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
@@ -215,7 +217,7 @@ def pack(data, max_length: int, cache_dir: str | Path | None = None, num_proc: i
     if entry is not None:
         with measure(stages, "load"):
             packed = _load(entry)
-            stats = json.loads((entry / "report.json").read_text(encoding="utf-8"))
+            stats = read_json(entry / "report.json")
         return packed, {**stats, "cache": "hit", "stages": {**stats["stages"], **stages}}
     workers = num_proc if num_proc and num_proc > 1 else None
     with new_entry(root, key) as building:
